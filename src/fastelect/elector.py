@@ -1,0 +1,682 @@
+"""The asyncio driver: does the I/O the compiled core asks for.
+
+The :class:`Elector` loop asks its :class:`~fastelect._core.Campaign` what is
+due, performs it against the :class:`~fastelect.storage.Storage` (or a
+peer's health endpoint), feeds the outcome back with locally captured
+monotonic timestamps, and turns the core's events into logs, hooks and
+cancellation of leader-only work.  It works on any asyncio loop.
+
+What is guaranteed (given storage with atomic conditional writes and clocks
+whose *rates* agree within the safety margin; wall clocks need not agree):
+
+* at most one node answers ``is_leader() == True`` at any instant;
+* ``is_leader()`` turns False by itself when the lease ends, even if this
+  event loop is blocked or the process is starved;
+* each leadership carries a ``term`` strictly larger than every earlier one,
+  usable as a fencing token by systems that check it.
+
+What is not: a leader's *side effects* already in flight when its lease
+ends can still land afterwards.  Pass ``term`` to the systems you write to
+and let them reject stale terms if that matters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import _core
+from ._core import Action, Campaign, Event, LeadershipTable
+from .config import ElectorConfig
+from .errors import (
+    FastelectError,
+    LifecycleError,
+    PreconditionFailed,
+    RecordError,
+    StorageAuthError,
+    StorageError,
+)
+from .peer import PeerChecker
+from .record import encode_record, parse_record
+from .storage.base import BucketNotFound, ObjectNotFound, Storage
+
+__all__ = ["Elector", "LeadershipLost", "LeadershipStatus"]
+
+T = TypeVar("T")
+_NS = 1_000_000_000
+
+
+class LeadershipLost(FastelectError):
+    """Leader-only work was cancelled because this node's leadership ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeadershipStatus:
+    """A snapshot of what an elector knows (s3lect's fields plus ``term``)."""
+
+    server_id: str
+    lockfile_path: str
+    is_leader: bool
+    leader_id: str
+    leader_addr: str
+    #: When the leader was last confirmed alive (by storage or a peer check).
+    leader_last_seen: datetime | None
+    #: When leadership last changed hands as seen by this node.
+    last_election_time: datetime | None
+    consecutive_fails: int
+    #: The fencing token of the current leadership (ours when leading).
+    term: int
+
+
+def _mono_to_wall(mono_ns: int) -> datetime | None:
+    if mono_ns <= 0:
+        return None
+    wall = time.time_ns() - (_core.monotonic_ns() - mono_ns)
+    return datetime.fromtimestamp(wall / _NS, UTC)
+
+
+class Elector:
+    """Campaigns for one lock record and answers ``is_leader()`` in nanoseconds.
+
+    ``table``/``election`` choose where the leadership is published: by
+    default a private table of one slot; pass a named
+    :class:`~fastelect.LeadershipTable` to share it with other processes.
+    The elector does not own ``storage``; close it yourself after ``stop()``.
+    """
+
+    def __init__(
+        self,
+        config: ElectorConfig,
+        storage: Storage,
+        logger: logging.Logger | None = None,
+        *,
+        table: LeadershipTable | None = None,
+        election: str = "default",
+    ) -> None:
+        if not isinstance(config, ElectorConfig):
+            raise TypeError("config must be an ElectorConfig")
+        self._config = config.copy()
+        self._storage = storage
+        self._log = logger or logging.getLogger(__name__)
+        self._table = table if table is not None else LeadershipTable(slots=1)
+        self._slot = self._table.slot(election, config.server_id)
+        self.election = election
+        # The hot path: a bound method of the compiled slot, no Python frame.
+        self.is_leader: Callable[[], bool] = self._slot.is_leader  # type: ignore[method-assign]
+        self._campaign = Campaign(
+            self._slot,
+            config.server_id,
+            config.server_addr,
+            config.ns("leader_timeout"),
+            config.ns("frequent_interval"),
+            config.ns("infrequent_interval"),
+            config.ns("safety_margin"),
+            config.ns("max_clock_skew"),
+            False,
+            _core.monotonic_ns(),
+        )
+        self._where = storage.describe(config.lockfile_path)
+        self._extra = {"lock": self._where, "elector": config.server_id, "election": election}
+        self._peer: PeerChecker | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._hooks_task: asyncio.Task[None] | None = None
+        self._hooks: asyncio.Queue[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] | None
+        self._hooks = None
+        self._wake: asyncio.Event | None = None
+        self._leading: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._first_cycle: asyncio.Event | None = None
+        self._scoped: set[asyncio.Task[Any]] = set()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self._release_requested = False
+        self._generation = 0
+        self._last_error: BaseException | None = None
+        if config.peer_mode:
+            assert config.peer_ca_cert is not None
+            self.enable_peer_mode(config.peer_ca_cert)
+
+    # -- public API --------------------------------------------------------------
+
+    def is_leader(self) -> bool:  # replaced per instance by the compiled slot method
+        """True only while this node holds an unexpired lease, evaluated now."""
+        return bool(self._slot.is_leader())
+
+    @property
+    def config(self) -> ElectorConfig:
+        """A copy of the current configuration."""
+        return self._config.copy()
+
+    @property
+    def leader_id(self) -> str:
+        """The id of the leader this node knows of ("" when none)."""
+        return str(self._campaign.leader_id)
+
+    @property
+    def term(self) -> int:
+        """The fencing token: our term while leading, else the observed leader's."""
+        c = self._campaign
+        return int(c.term if c.role == _core.Role.LEADER else c.observed_term)
+
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+        return self._task is not None and not self._task.done()
+
+    @property
+    def slot(self) -> _core.Slot:
+        """The leadership-table slot this elector publishes into."""
+        return self._slot
+
+    def status(self) -> LeadershipStatus:
+        """What this elector knows now."""
+        c = self._campaign
+        leading = bool(self._slot.is_leader())
+        seen = _core.monotonic_ns() if leading else c.last_seen_alive_ns
+        return LeadershipStatus(
+            server_id=self._config.server_id,
+            lockfile_path=self._config.lockfile_path,
+            is_leader=leading,
+            leader_id=c.leader_id,
+            leader_addr=c.leader_addr,
+            leader_last_seen=_mono_to_wall(seen),
+            last_election_time=_mono_to_wall(c.last_election_ns),
+            consecutive_fails=c.consecutive_fails,
+            term=self.term,
+        )
+
+    async def start(self) -> None:
+        """Check the storage, then campaign in a background task.
+
+        Raises the storage's typed error (missing bucket, bad credentials) at
+        once instead of retrying forever, and LifecycleError if running.
+        """
+        if self.running:
+            raise LifecycleError(f"elector {self._config.server_id!r} is already running")
+        await self._storage.check()
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._leading = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._first_cycle = asyncio.Event()
+        self._hooks = asyncio.Queue()
+        self._stopping = False
+        self._release_requested = False
+        if self._campaign.role == _core.Role.STOPPED:
+            self._campaign.restart(_core.monotonic_ns())
+        self._hooks_task = loop.create_task(self._run_hooks(), name=f"fastelect-hooks-{self.election}")
+        self._task = loop.create_task(self._run(), name=f"fastelect-{self.election}")
+        self._log.info(
+            "elector %s campaigning for %s", self._config.server_id, self._where, extra=self._extra
+        )
+
+    async def stop(self) -> None:
+        """Stop campaigning; a leader releases its record so others take over at once.
+
+        Runs ``on_lose`` if we were leading.  Safe to call twice.
+        """
+        task = self._task
+        if task is None:
+            return
+        self._stopping = True
+        self._kick()
+        bound = float(self._config.storage_timeout) + 1.0  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(asyncio.shield(task), bound)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        except Exception:
+            self._log.exception("elector loop failed", extra=self._extra)
+        c = self._campaign
+        if c.begin_release(_core.monotonic_ns()):
+            self._dispatch(c.take_events())
+            await self._write()
+        c.stop(_core.monotonic_ns())
+        self._dispatch(c.take_events())
+        await self._drain_hooks()
+        if self._peer is not None:
+            await self._peer.close()
+        self._task = None
+        self._log.info("elector %s stopped", self._config.server_id, extra=self._extra)
+
+    async def __aenter__(self) -> Elector:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def wait_for_leadership(self) -> None:
+        """Return once this node leads (at once if it already does)."""
+        while not self.is_leader():
+            if not self.running or self._leading is None:
+                raise LifecycleError("elector is not running")
+            await self._leading.wait()
+            if not self.is_leader():
+                await asyncio.sleep(0)
+
+    async def wait_for_election(self) -> LeadershipStatus:
+        """Return once the first election cycle completed (leader or follower known)."""
+        if self._first_cycle is None:
+            raise LifecycleError("elector is not running")
+        await self._first_cycle.wait()
+        return self.status()
+
+    async def wait_for_next_election(
+        self, since: LeadershipStatus | None = None
+    ) -> LeadershipStatus:
+        """Wait for the leadership to change and return the new status.
+
+        With ``since`` (an earlier status), returns at once if the leader,
+        term or our role already differ from it.
+        """
+        while True:
+            if self._changed is None:
+                raise LifecycleError("elector is not running")
+            changed = self._changed
+            if since is not None:
+                now = self.status()
+                if (now.leader_id, now.term, now.is_leader) != (
+                    since.leader_id,
+                    since.term,
+                    since.is_leader,
+                ):
+                    return now
+            await changed.wait()
+            if since is None:
+                return self.status()
+
+    def enable_peer_mode(self, ca_cert: bytes) -> None:
+        """Check a stable leader through its health endpoint instead of storage."""
+        from .config import ConfigError
+
+        if not self._config.server_addr:
+            raise ConfigError("server_addr", "is required for peer mode (host:port)")
+        checker = PeerChecker(ca_cert, float(self._config.peer_timeout))  # type: ignore[arg-type]
+        old, self._peer = self._peer, checker
+        if old is not None:
+            asyncio.get_event_loop().create_task(old.close())
+        self._config = self._config.copy(peer_mode=True, peer_ca_cert=bytes(ca_cert))
+        self._campaign.set_peer_mode(True)
+        self._kick()
+
+    def update_config(self, config: ElectorConfig) -> None:
+        """Apply new timings and hooks; the identity fields cannot change."""
+        from .config import ConfigError
+
+        for field in ("lockfile_path", "server_id", "server_addr"):
+            if getattr(config, field) != getattr(self._config, field):
+                raise ConfigError(field, "cannot change on a running elector; make a new one")
+        new = config.copy()
+        self._campaign.configure(
+            new.ns("leader_timeout"),
+            new.ns("frequent_interval"),
+            new.ns("infrequent_interval"),
+            new.ns("safety_margin"),
+            new.ns("max_clock_skew"),
+            new.peer_mode and self._peer is not None,
+        )
+        if new.peer_mode and self._peer is None:
+            assert new.peer_ca_cert is not None
+            self._config = new
+            self.enable_peer_mode(new.peer_ca_cert)
+        self._config = new
+        self._kick()
+
+    # -- leader-scoped work --------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def leadership(self) -> AsyncIterator[int]:
+        """``async with elector.leadership() as term:`` run a block only while leading.
+
+        Waits for leadership, yields the term (fencing token) and cancels the
+        block the moment leadership ends, raising :class:`LeadershipLost`.
+        """
+        await self.wait_for_leadership()
+        task = asyncio.current_task()
+        assert task is not None
+        generation = self._generation
+        self._scoped.add(task)
+        try:
+            if generation != self._generation or not self.is_leader():
+                raise LeadershipLost("leadership ended before the block started")
+            yield self.term
+        except asyncio.CancelledError:
+            if getattr(task, "_fastelect_lost", False):
+                task._fastelect_lost = False  # type: ignore[attr-defined]
+                task.uncancel()
+                raise LeadershipLost(
+                    f"{self._config.server_id} lost leadership of {self._where}"
+                ) from None
+            raise
+        finally:
+            self._scoped.discard(task)
+
+    async def run_while_leader(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Wait for leadership, then run ``fn()``; cancelled if leadership ends.
+
+        Returns ``fn``'s result, or raises :class:`LeadershipLost`.
+        """
+        async with self.leadership():
+            return await fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    @property
+    def _watchdog_ns(self) -> int:
+        cfg = self._config
+        return (
+            cfg.ns("infrequent_interval")
+            + cfg.ns("leader_timeout")
+            + cfg.ns("storage_timeout")
+            + cfg.ns("peer_timeout")
+        )
+
+    async def _run(self) -> None:
+        c = self._campaign
+        while not self._stopping:
+            now = _core.monotonic_ns()
+            if self._release_requested:
+                self._release_requested = False
+                c.begin_release(now)
+            action = c.poll(now)
+            self._dispatch(c.take_events())
+            self._slot.heartbeat(now, self._watchdog_ns)
+            try:
+                if action == Action.WAIT:
+                    await self._sleep_until(c.next_at_ns)
+                elif action == Action.READ:
+                    await self._read()
+                elif action == Action.PEER_CHECK:
+                    await self._peer_check()
+                else:
+                    await self._write()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug, not a storage failure: log it loudly and keep campaigning.
+                self._log.exception("elector step failed", extra=self._extra)
+                await asyncio.sleep(self._config.frequent)
+            self._dispatch(c.take_events())
+
+    async def _sleep_until(self, at_ns: int) -> None:
+        assert self._wake is not None
+        delay = (at_ns - _core.monotonic_ns()) / _NS
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
+        self._wake.clear()
+
+    def _op_timeout(self) -> float:
+        timeout = float(self._config.storage_timeout)  # type: ignore[arg-type]
+        c = self._campaign
+        if c.role == _core.Role.LEADER:
+            # A write that answers after the lease is worthless; stop waiting then.
+            left = (c.deadline_ns - _core.monotonic_ns()) / _NS
+            timeout = max(0.001, min(timeout, left))
+        return timeout
+
+    async def _read(self) -> None:
+        c = self._campaign
+        key = self._config.lockfile_path
+        try:
+            async with asyncio.timeout(self._op_timeout()):
+                body, etag = await self._storage.get(key)
+        except ObjectNotFound:
+            c.observe_missing(_core.monotonic_ns())
+            return
+        except (StorageError, TimeoutError, OSError) as exc:
+            c.read_failed(_core.monotonic_ns())
+            self._storage_failed("read", exc)
+            return
+        arrived = _core.monotonic_ns()  # rule 1: stamped when the answer arrived
+        try:
+            record = parse_record(body)
+        except RecordError as exc:
+            self._log.warning(
+                "unreadable lock record at %s (etag %s): %s; it is replaced only once stale",
+                self._where,
+                etag,
+                exc,
+                extra=self._extra,
+            )
+            c.observe_garbage(arrived, etag)
+            return
+        c.observe_record(
+            arrived,
+            time.time_ns(),
+            etag,
+            record.leader_id,
+            record.leader_addr,
+            record.term,
+            record.lease_ms,
+            record.renewal,
+            record.released,
+            record.last_updated_ns or 0,
+        )
+
+    async def _write(self) -> None:
+        c = self._campaign
+        cfg = self._config
+        kind = c.next_action
+        if_match, term, renewal, released = c.begin_write(_core.monotonic_ns())
+        wall = None if released else time.time_ns()
+        body = encode_record(
+            cfg.server_id,
+            cfg.server_addr,
+            wall,
+            term,
+            cfg.ns("leader_timeout") // 1_000_000,
+            renewal,
+        )
+        try:
+            async with asyncio.timeout(self._op_timeout()):
+                etag = await self._storage.put_if_match(cfg.lockfile_path, body, if_match)
+        except PreconditionFailed:
+            self._log.debug(
+                "conditional %s of %s lost (term %d)",
+                _core.ACTION_NAMES[kind],
+                self._where,
+                term,
+                extra=self._extra,
+            )
+            c.write_conflicted(_core.monotonic_ns())
+            return
+        except (StorageError, TimeoutError, OSError) as exc:
+            c.write_failed(_core.monotonic_ns())
+            self._storage_failed(_core.ACTION_NAMES[kind], exc)
+            return
+        c.write_succeeded(_core.monotonic_ns(), etag, wall or 0)
+
+    async def _peer_check(self) -> None:
+        c = self._campaign
+        if self._peer is None:
+            c.observe_peer(_core.monotonic_ns(), False)
+            return
+        answer = await self._peer.check(c.leader_addr, self._config.peer_health_path, c.leader_id)
+        if not answer.ok:
+            self._log.info(
+                "peer check of leader %s at %s failed (%s); reading %s",
+                c.leader_id,
+                c.leader_addr,
+                answer.reason,
+                self._where,
+                extra=self._extra,
+            )
+        c.observe_peer(_core.monotonic_ns(), answer.ok, answer.leader_id, answer.etag)
+
+    def _storage_failed(self, what: str, exc: BaseException) -> None:
+        self._last_error = exc
+        fails = self._campaign.consecutive_fails
+        if isinstance(exc, StorageAuthError | BucketNotFound):
+            level = logging.ERROR
+        elif fails > 3:
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG
+        self._log.log(
+            level,
+            "%s of %s failed (%d in a row): %s",
+            what,
+            self._where,
+            fails,
+            exc or type(exc).__name__,
+            exc_info=level >= logging.ERROR,
+            extra=self._extra,
+        )
+
+    # -- events and hooks ----------------------------------------------------------
+
+    def _dispatch(self, events: int) -> None:
+        if not events:
+            return
+        c = self._campaign
+        if events & Event.EV_CYCLE and self._first_cycle is not None:
+            self._first_cycle.set()
+        if events & Event.EV_LOST:
+            self._generation += 1
+            self._cancel_expiry()
+            self._cancel_scoped()
+            if self._leading is not None:
+                self._leading.clear()
+            self._log.info(
+                "%s lost leadership of %s (term %d)",
+                self._config.server_id,
+                self._where,
+                c.term,
+                extra=self._extra,
+            )
+            self._enqueue("on_lose", self._config.on_lose)
+        if events & Event.EV_ACQUIRED:
+            self._generation += 1
+            self._log.info(
+                "%s acquired leadership of %s (term %d)",
+                self._config.server_id,
+                self._where,
+                c.term,
+                extra=self._extra,
+            )
+            if self._leading is not None:
+                self._leading.set()
+            self._enqueue("on_acquire", self._config.on_acquire, generation=self._generation)
+        if c.role == _core.Role.LEADER:
+            self._arm_expiry(c.deadline_ns)
+        if events & Event.EV_NEW_LEADER:
+            self._log.debug("leader of %s is now %r", self._where, c.leader_id, extra=self._extra)
+            self._enqueue("on_new_leader", self._config.on_new_leader, c.leader_id)
+        if events & (Event.EV_NEW_LEADER | Event.EV_ACQUIRED | Event.EV_LOST | Event.EV_CYCLE):
+            if self._changed is not None and events & ~Event.EV_CYCLE:
+                self._changed.set()
+                self._changed = asyncio.Event()
+
+    def _arm_expiry(self, deadline_ns: int) -> None:
+        # Leader-only work must not outlive the lease (rule 6), even if the loop
+        # is busy awaiting a slow write when the deadline comes.
+        self._cancel_expiry()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (deadline_ns - _core.monotonic_ns()) / _NS)
+        self._expiry = loop.call_later(delay, self._on_expiry)
+
+    def _cancel_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _on_expiry(self) -> None:
+        self._expiry = None
+        if not self.is_leader():
+            self._cancel_scoped()
+            if self._leading is not None:
+                self._leading.clear()
+            self._kick()
+
+    def _cancel_scoped(self) -> None:
+        for task in list(self._scoped):
+            task._fastelect_lost = True  # type: ignore[attr-defined]
+            task.cancel("fastelect: leadership lost")
+        self._scoped.clear()
+
+    def _enqueue(
+        self,
+        name: str,
+        hook: Callable[..., Any] | None,
+        *args: Any,
+        generation: int | None = None,
+    ) -> None:
+        if self._hooks is None:
+            return
+        if name == "on_acquire":
+            args = (generation,)
+        self._hooks.put_nowait((name, hook, args))
+
+    async def _run_hooks(self) -> None:
+        assert self._hooks is not None
+        while True:
+            name, hook, args = await self._hooks.get()
+            try:
+                if hook is None:
+                    continue
+                call_args = () if name == "on_acquire" or name == "on_lose" else args
+                try:
+                    await self._call_hook(hook, call_args)
+                except Exception as exc:
+                    self._log.error(
+                        "%s hook of %s failed: %r",
+                        name,
+                        self._config.server_id,
+                        exc,
+                        exc_info=True,
+                        extra=self._extra,
+                    )
+                    if name == "on_acquire" and args[0] == self._generation and self.is_leader():
+                        # Rule 8: a leader that cannot start its work hands the lock back.
+                        self._release_requested = True
+                        self._kick()
+            finally:
+                self._hooks.task_done()
+
+    async def _call_hook(self, hook: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        timeout = float(self._config.hook_timeout)  # type: ignore[arg-type]
+        async with asyncio.timeout(timeout):
+            if inspect.iscoroutinefunction(hook):
+                await hook(*args)
+                return
+            # A sync hook runs in a worker thread so a slow one cannot stall renewals.
+            result = await asyncio.to_thread(hook, *args)
+            if inspect.isawaitable(result):
+                await result
+
+    async def _drain_hooks(self) -> None:
+        if self._hooks is None or self._hooks_task is None:
+            return
+        timeout = float(self._config.hook_timeout) + 1.0  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(self._hooks.join(), timeout)
+        except TimeoutError:
+            self._log.error("hooks did not finish within %.1fs", timeout, extra=self._extra)
+        self._hooks_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._hooks_task
+        self._hooks_task = None

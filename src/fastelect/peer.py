@@ -1,0 +1,97 @@
+"""Peer checks: ask the leader's own health endpoint instead of the bucket.
+
+A stable follower in peer mode sends ``GET https://{leaderAddr}{path}`` over
+one pooled keep-alive HTTPS client that trusts only the configured CA and
+checks the certificate's hostname or IP.  An answer counts only if it is a
+200 whose JSON names the leader we expect; anything else sends the follower
+back to reading storage.  A peer answer never makes anyone take over:
+takeover is always a CAS on the lock record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from .errors import TLSError
+
+__all__ = ["PeerAnswer", "PeerChecker"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAnswer:
+    """What one peer check found: ``ok`` only for a 200 naming ``expected``."""
+
+    ok: bool
+    leader_id: str = ""
+    etag: str = ""
+    reason: str = ""
+
+
+def _client_context(ca_pem: bytes) -> ssl.SSLContext:
+    try:
+        ctx = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+    except (ssl.SSLError, ValueError, UnicodeDecodeError) as exc:
+        raise TLSError(f"peer_ca_cert is not a valid PEM CA certificate: {exc}") from exc
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = True
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class PeerChecker:
+    """One keep-alive HTTPS client for an elector's peer checks."""
+
+    def __init__(self, ca_pem: bytes, timeout: float) -> None:
+        self._ssl = _client_context(ca_pem)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4, keepalive_timeout=60)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, raise_for_status=False
+            )
+        return self._session
+
+    async def check(self, leader_addr: str, path: str, expected_leader: str) -> PeerAnswer:
+        """Ask ``leader_addr`` whether it leads; never raises for network trouble."""
+        if not leader_addr:
+            return PeerAnswer(False, reason="the record names no leader address")
+        url = f"https://{leader_addr}{path}"
+        try:
+            async with self._client().get(url) as resp:
+                if resp.status != 200:
+                    return PeerAnswer(False, reason=f"HTTP {resp.status}")
+                body = await resp.content.read(64 * 1024)
+        except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
+            return PeerAnswer(False, reason=f"{type(exc).__name__}: {exc}")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return PeerAnswer(False, reason="answer is not JSON")
+        if not isinstance(data, dict):
+            return PeerAnswer(False, reason="answer is not a JSON object")
+        leader = data.get("leaderID")
+        etag = data.get("etag", "")
+        if not isinstance(leader, str) or not isinstance(etag, str):
+            return PeerAnswer(False, reason="answer has no string leaderID")
+        if leader != expected_leader:
+            return PeerAnswer(False, leader, reason=f"peer names {leader!r}")
+        return PeerAnswer(True, leader, etag)
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            # Let aiohttp's SSL transports finish closing before the loop goes.
+            await asyncio.sleep(0)

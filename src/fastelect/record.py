@@ -1,0 +1,157 @@
+"""The lock record: encoding and untrusted-input parsing.
+
+The JSON is a superset of s3lect's, so Go and Python nodes share one lock::
+
+    {"leaderID": "server-001", "leaderAddr": "10.0.1.42:8443",
+     "lastUpdated": "2026-11-26T10:30:45.123456Z", "term": 7,
+     "leaseMs": 15000, "renewal": 1234, "v": 1}
+
+``term`` is the fencing token; a record without it (written by s3lect) counts
+as term 0.  A released record keeps its id and term and carries the zero time
+``0001-01-01T00:00:00Z`` (s3lect's convention) as ``lastUpdated``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from .errors import RecordError
+from .storage.base import MAX_OBJECT_SIZE
+
+__all__ = ["RECORD_VERSION", "ZERO_TIME", "LockRecord", "encode_record", "parse_record"]
+
+#: Bumped when the record format changes incompatibly.
+RECORD_VERSION = 1
+#: Go's zero time, which s3lect writes as lastUpdated when it releases.
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(Z|z|[+-]\d{2}:\d{2})$"
+)
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+
+
+@dataclass(frozen=True, slots=True)
+class LockRecord:
+    """A parsed lock record."""
+
+    leader_id: str
+    leader_addr: str
+    #: lastUpdated as Unix nanoseconds; None for the zero time (released).
+    last_updated_ns: int | None
+    term: int
+    lease_ms: int
+    renewal: int
+
+    @property
+    def released(self) -> bool:
+        """True when the leader handed the lock back (lastUpdated is the zero time)."""
+        return self.last_updated_ns is None
+
+    @property
+    def last_updated(self) -> datetime | None:
+        """lastUpdated as an aware datetime (None when released)."""
+        if self.last_updated_ns is None:
+            return None
+        return datetime.fromtimestamp(self.last_updated_ns / 1e9, UTC)
+
+
+def format_time(unix_ns: int | None) -> str:
+    """RFC 3339 with microseconds in UTC, or the zero time for None."""
+    if unix_ns is None:
+        return ZERO_TIME
+    seconds, nanos = divmod(unix_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{nanos // 1000:06d}Z"
+
+
+def parse_time(text: str) -> int | None:
+    """Parse RFC 3339 (up to nanoseconds, as Go writes) to Unix ns; None for year 1."""
+    match = _RFC3339.match(text)
+    if match is None:
+        raise RecordError(f"lastUpdated is not an RFC 3339 time: {text[:64]!r}")
+    year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
+    if year <= 1:
+        return None
+    try:
+        ordinal = datetime(year, month, day).toordinal()
+    except ValueError as exc:
+        raise RecordError(f"lastUpdated is not a valid date: {text[:64]!r}") from exc
+    if hour > 23 or minute > 59 or second > 60:
+        raise RecordError(f"lastUpdated is not a valid time: {text[:64]!r}")
+    fraction = match.group(7) or ""
+    nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    offset = 0
+    zone = match.group(8)
+    if zone not in ("Z", "z"):
+        sign = 1 if zone[0] == "+" else -1
+        offset = sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    seconds = (ordinal - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60 + second - offset
+    return seconds * 1_000_000_000 + nanos
+
+
+def encode_record(
+    leader_id: str,
+    leader_addr: str,
+    last_updated_ns: int | None,
+    term: int,
+    lease_ms: int,
+    renewal: int,
+) -> bytes:
+    """The record's JSON bytes; ``last_updated_ns=None`` writes a released record."""
+    return orjson.dumps(
+        {
+            "leaderID": leader_id,
+            "leaderAddr": leader_addr,
+            "lastUpdated": format_time(last_updated_ns),
+            "term": term,
+            "leaseMs": lease_ms,
+            "renewal": renewal,
+            "v": RECORD_VERSION,
+        }
+    )
+
+
+def _int_field(data: dict[str, object], key: str, default: int) -> int:
+    value = data.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RecordError(f"{key} must be an integer, not {type(value).__name__}")
+    if value < 0 or value > 2**62:
+        raise RecordError(f"{key} is out of range: {value}")
+    return value
+
+
+def parse_record(body: bytes) -> LockRecord:
+    """Parse untrusted record bytes; raises RecordError on anything malformed."""
+    if len(body) > MAX_OBJECT_SIZE:
+        raise RecordError(f"record is larger than {MAX_OBJECT_SIZE} bytes")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(f"record is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecordError(f"record must be a JSON object, not {type(data).__name__}")
+    leader_id = data.get("leaderID")
+    if not isinstance(leader_id, str) or not leader_id:
+        raise RecordError("leaderID must be a non-empty string")
+    leader_addr = data.get("leaderAddr", "")
+    if not isinstance(leader_addr, str):
+        raise RecordError("leaderAddr must be a string")
+    updated = data.get("lastUpdated")
+    if not isinstance(updated, str):
+        raise RecordError("lastUpdated must be an RFC 3339 string")
+    if len(leader_id.encode()) > 126 or len(leader_addr.encode()) > 126:
+        raise RecordError("leaderID/leaderAddr longer than 126 bytes")
+    return LockRecord(
+        leader_id=leader_id,
+        leader_addr=leader_addr,
+        last_updated_ns=parse_time(updated),
+        term=_int_field(data, "term", 0),
+        lease_ms=_int_field(data, "leaseMs", 0),
+        renewal=_int_field(data, "renewal", 0),
+    )
