@@ -310,7 +310,10 @@ class Elector:
         checker = PeerChecker(ca_cert, float(self._config.peer_timeout))  # type: ignore[arg-type]
         old, self._peer = self._peer, checker
         if old is not None:
-            asyncio.get_event_loop().create_task(old.close())
+            try:
+                asyncio.get_running_loop().create_task(old.close())
+            except RuntimeError:  # no loop: the old client never opened a connection
+                pass
         self._config = self._config.copy(peer_mode=True, peer_ca_cert=bytes(ca_cert))
         self._campaign.set_peer_mode(True)
         self._kick()

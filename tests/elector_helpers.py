@@ -1,0 +1,96 @@
+"""Helpers for elector tests: bounded waits, fast configs, a fault-injecting storage."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from fastelect import Elector, ElectorConfig, StorageUnavailable
+from fastelect.storage import Storage
+
+# Short but not razor-thin: a loaded 2-core CI box must still renew in time.
+FAST: dict[str, Any] = {
+    "frequent_interval": 0.03,
+    "infrequent_interval": 0.03,
+    "leader_timeout": 0.3,
+    "storage_timeout": 0.2,
+}
+
+
+def fast_config(server_id: str, lock: str = "leader.json", **overrides: Any) -> ElectorConfig:
+    """A config with test timings (F = 30 ms, T = 300 ms)."""
+    return ElectorConfig(lock, server_id, f"127.0.0.1:{9000 + hash(server_id) % 1000}", **{
+        **FAST,
+        **overrides,
+    })
+
+
+async def wait_until(
+    condition: Callable[[], bool], timeout: float, message: str, *, every: float = 0.005
+) -> float:
+    """Poll ``condition`` until true; fail with ``message`` after ``timeout`` s.
+
+    Returns the monotonic time at which the condition was first seen true.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s: {message}")
+        await asyncio.sleep(every)
+
+
+def leaders(electors: Iterable[Elector]) -> list[Elector]:
+    """The electors that currently answer is_leader()."""
+    return [e for e in electors if e.is_leader()]
+
+
+async def crash(elector: Elector) -> None:
+    """Kill an elector's tasks without releasing, as a crash would."""
+    for task in (elector._task, elector._hooks_task):
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+    elector._task = None
+    elector._hooks_task = None
+
+
+class FaultyStorage:
+    """Wraps a storage and fails chosen operations on demand (counts calls too)."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.fail_puts = False
+        self.fail_gets = False
+        self.hang_puts = False
+        self.puts = 0
+        self.gets = 0
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        self.gets += 1
+        if self.fail_gets:
+            raise StorageUnavailable("injected read failure")
+        return await self.inner.get(key)
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        self.puts += 1
+        if self.hang_puts:
+            await asyncio.sleep(3600)
+        if self.fail_puts:
+            raise StorageUnavailable("injected write failure")
+        return await self.inner.put_if_match(key, body, etag)
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def describe(self, key: str) -> str:
+        return "faulty+" + self.inner.describe(key)
