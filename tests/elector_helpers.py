@@ -21,10 +21,15 @@ FAST: dict[str, Any] = {
 
 def fast_config(server_id: str, lock: str = "leader.json", **overrides: Any) -> ElectorConfig:
     """A config with test timings (F = 30 ms, T = 300 ms)."""
-    return ElectorConfig(lock, server_id, f"127.0.0.1:{9000 + hash(server_id) % 1000}", **{
-        **FAST,
-        **overrides,
-    })
+    return ElectorConfig(
+        lock,
+        server_id,
+        f"127.0.0.1:{9000 + hash(server_id) % 1000}",
+        **{
+            **FAST,
+            **overrides,
+        },
+    )
 
 
 async def wait_until(

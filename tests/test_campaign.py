@@ -45,7 +45,9 @@ def record(
     wall_now: int = 0,
     updated: int = 0,
 ) -> int:
-    c.observe_record(now, wall_now, etag, leader, "other:1", term, lease_ms, renewal, released, updated)
+    c.observe_record(
+        now, wall_now, etag, leader, "other:1", term, lease_ms, renewal, released, updated
+    )
     return c.poll(now)
 
 
@@ -227,6 +229,8 @@ def test_release_hands_back_with_same_term() -> None:
     assert c.begin_write(F) == (etag, 1, 2, True)
     c.write_succeeded(F + 1, "released")
     assert not c.begin_release(F + 2)  # not leader: nothing to release
+    # We back off a whole lease before campaigning again, so others get their turn.
+    assert (c.next_action, c.next_at_ns) == (Action.READ, F + 1 + T)
 
 
 def test_terms_only_grow_across_leaderships() -> None:

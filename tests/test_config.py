@@ -17,7 +17,11 @@ def make(**changes: Any) -> ElectorConfig:
 def test_defaults_follow_s3lect() -> None:
     cfg = make()
     assert (cfg.frequent_interval, cfg.infrequent_interval, cfg.leader_timeout) == (5.0, 30.0, 15.0)
-    assert (cfg.peer_timeout, cfg.peer_health_path, cfg.peer_mode) == (3.0, "/health/leadership", False)
+    assert (cfg.peer_timeout, cfg.peer_health_path, cfg.peer_mode) == (
+        3.0,
+        "/health/leadership",
+        False,
+    )
     assert cfg.safety_margin == 1.5
     assert cfg.max_clock_skew is None
     assert cfg.hook_timeout == 15.0 and cfg.storage_timeout == 2.0

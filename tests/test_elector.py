@@ -218,7 +218,9 @@ async def test_on_acquire_failure_releases_and_steps_down(storage: Storage) -> N
         calls.append("bad")
         raise RuntimeError("cannot start leader work")
 
-    bad = Elector(fast_config("bad", on_acquire=bad_acquire, on_lose=lambda: lost.append("bad")), storage)
+    bad = Elector(
+        fast_config("bad", on_acquire=bad_acquire, on_lose=lambda: lost.append("bad")), storage
+    )
     await bad.start()
     good = Elector(fast_config("good"), storage)
     try:
@@ -229,7 +231,9 @@ async def test_on_acquire_failure_releases_and_steps_down(storage: Storage) -> N
         started = time.monotonic()
         await asyncio.wait_for(good.wait_for_leadership(), 5)
         assert time.monotonic() - started < T
-        await wait_until(lambda: lost == ["bad"], 2, "on_lose did not run for the failed leadership")
+        await wait_until(
+            lambda: lost == ["bad"], 2, "on_lose did not run for the failed leadership"
+        )
     finally:
         await stop_all([bad, good])
 
@@ -242,9 +246,7 @@ async def test_hanging_hook_is_bounded_and_elector_keeps_renewing() -> None:
         calls.append(leader)
         time.sleep(0.5)  # far past hook_timeout; runs in a worker thread
 
-    elector = Elector(
-        fast_config("slow", on_new_leader=slow_new_leader, hook_timeout=0.1), storage
-    )
+    elector = Elector(fast_config("slow", on_new_leader=slow_new_leader, hook_timeout=0.1), storage)
     await elector.start()
     try:
         await asyncio.wait_for(elector.wait_for_leadership(), 5)
@@ -286,7 +288,9 @@ async def test_on_acquire_that_times_out_counts_as_failed() -> None:
         pytest.param(b" " * (64 * 1024 + 10), id="oversized"),
     ],
 )
-async def test_garbage_record_is_replaced_only_after_a_lease(storage: Storage, garbage: bytes) -> None:
+async def test_garbage_record_is_replaced_only_after_a_lease(
+    storage: Storage, garbage: bytes
+) -> None:
     await storage.put_if_match("leader.json", garbage, "")
     elector = Elector(fast_config("cleaner"), storage)
     started = time.monotonic()
@@ -332,7 +336,9 @@ async def test_leadership_scope_is_cancelled_when_leadership_ends() -> None:
         assert (monotonic_ns() - deadline) / 1e9 < 0.05
         assert not elector.is_leader()
         storage.fail_puts = False
-        result = await asyncio.wait_for(elector.run_while_leader(lambda: asyncio.sleep(0, "done")), 5)
+        result = await asyncio.wait_for(
+            elector.run_while_leader(lambda: asyncio.sleep(0, "done")), 5
+        )
         assert result == "done"
     finally:
         await elector.stop()
@@ -355,7 +361,9 @@ async def test_wait_for_next_election_reports_changes() -> None:
         changed = await asyncio.wait_for(waiter, 5)
         assert changed.leader_id in ("", "b", "a")
         final = await asyncio.wait_for(
-            b.wait_for_next_election(since=first) if not b.is_leader() else asyncio.sleep(0, b.status()),
+            b.wait_for_next_election(since=first)
+            if not b.is_leader()
+            else asyncio.sleep(0, b.status()),
             5,
         )
         await wait_until(b.is_leader, 5, "b never led")

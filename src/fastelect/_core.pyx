@@ -1039,7 +1039,8 @@ cdef class Campaign:
         self.obs_released = True
         self.obs_etag = etag
         self.obs_first_seen_ns = now
-        self._schedule(READ, now + self.frequent_ns)
+        # Give the others a lease to take what we handed back before we try again.
+        self._schedule(READ, now + self.lease_ns)
 
     cdef void _publish_observation(self):
         self.slot._begin()
