@@ -1,0 +1,331 @@
+"""A lock store in a local directory: the embedded default.
+
+Safe for any number of processes on one host sharing one directory on a local
+filesystem. It is not a distributed lock: network filesystems (NFS, SMB) do
+not give the atomic rename and ``flock`` semantics it relies on.
+
+Each key is one file in the directory. Its name is the key percent-encoded
+(``cluster/leader`` is stored as ``cluster%2Fleader``), so every key maps to
+a file directly inside the directory and none can reach outside it.
+Hidden files beside it (``.<name>.lock``, ``.<name>.<random>.tmp``) are
+the key's lock file and in-flight writes; encoded names never start with a
+dot, so these cannot collide with keys.
+
+File format (version 1)::
+
+    fastelect-file/1 <32 lowercase hex digits: this write's etag>\\n<body>
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import secrets
+import time
+from urllib.parse import quote
+
+from ..errors import ConfigError
+from .base import (
+    MAX_OBJECT_SIZE,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageAuthError,
+    StorageError,
+    StorageStats,
+    StorageUnavailable,
+)
+
+__all__ = ["FileStorage"]
+
+# Bump the version in the magic when the on-disk format changes.
+_MAGIC = b"fastelect-file/1 "
+_TOKEN = re.compile(rb"[0-9a-f]{32}")
+_HEADER_LEN = len(_MAGIC) + 32 + 1
+# Leaves room under NAME_MAX (255) for the ".<name>.<16 hex>.tmp" temp names.
+_MAX_NAME_BYTES = 200
+# errnos that mean "refused", not "broken": reported as StorageAuthError.
+_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+# errnos that may clear on their own: reported as StorageUnavailable.
+_TRANSIENT = frozenset(
+    {
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EDQUOT,
+        errno.EINTR,
+        errno.EIO,
+        errno.EMFILE,
+        errno.ENFILE,
+        errno.ENOMEM,
+        errno.ENOSPC,
+        errno.ESTALE,
+    }
+)
+
+
+class FileStorage:
+    """A :class:`~fastelect.storage.Storage` in a local directory.
+
+    ``directory`` is created (mode 0700) by :meth:`check` or on first use.
+    ``lock_timeout`` (seconds, default 2.0) bounds the wait for another
+    process's write to finish; past it the write fails with
+    StorageUnavailable instead of hanging behind a frozen process.
+
+    **Writes** take an exclusive ``flock`` on the key's lock file, compare the
+    current etag, write a temp file in the same directory, fsync it, rename it
+    over the key's file and fsync the directory. A separate lock file is needed
+    because the rename swaps the data file's inode, so a lock on the data file
+    would guard the old one. ``flock`` rather than ``fcntl``/``lockf`` because
+    flock locks belong to the open file description: two coroutines of one
+    process, each with its own descriptor, exclude each other, while POSIX
+    record locks are per process and would let both in.
+
+    **Reads** take no lock: files are never modified in place, so one
+    ``open`` sees one whole version, header and body together.
+
+    **Why ABA cannot happen.** Each write draws a fresh 128-bit random token,
+    stores it in the file's header and returns it as the etag, so an etag
+    names exactly one write (a repeat has probability ~2**-128 per pair).
+    Etags are not derived from ``fstat``: inodes are reused as soon as a
+    replaced file is freed, and ext4/xfs timestamps come from a coarse clock
+    (one tick is ~1-4 ms) that can also step backwards, so two writes of the
+    same size within a tick could reproduce an old (inode, mtime, ctime,
+    size). A file not written by FileStorage (no valid header) gets an etag
+    from its ``fstat`` (prefixed ``stat-``, never equal to a token) so an
+    elector can still replace garbage.
+
+    Blocking file calls run in a worker thread (``asyncio.to_thread``), reads
+    included: a page-cached read takes ~2 us inline and ~40 us through a
+    thread, but a stalled disk would otherwise stall the whole event loop.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, lock_timeout: float = 2.0) -> None:
+        if not os.fspath(directory):
+            raise ConfigError("directory", "must not be empty")
+        if not lock_timeout > 0:
+            raise ConfigError("lock_timeout", f"must be > 0 seconds, got {lock_timeout!r}")
+        self._dir = os.path.abspath(os.fspath(directory))
+        self._lock_timeout = lock_timeout
+        self._ready = False
+        self._closed = False
+        #: Requests issued so far.
+        self.stats = StorageStats()
+
+    @property
+    def directory(self) -> str:
+        """The absolute path of the storage directory."""
+        return self._dir
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        """Return the body (at most MAX_OBJECT_SIZE + 1 bytes) and etag of ``key``."""
+        self._check_open()
+        name = _file_name(key)
+        self.stats.gets += 1
+        return await asyncio.to_thread(self._get_sync, name)
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        """Write ``body`` if the current etag is ``etag`` ("" = must not exist)."""
+        self._check_open()
+        name = _file_name(key)
+        self.stats.puts += 1
+        return await asyncio.to_thread(self._put_sync, name, bytes(body), etag)
+
+    async def check(self) -> None:
+        """Create the directory if missing and prove this process can write in it."""
+        self._check_open()
+        await asyncio.to_thread(self._check_sync)
+
+    async def close(self) -> None:
+        """Mark the storage closed (no descriptor outlives an operation)."""
+        self._closed = True
+
+    def describe(self, key: str) -> str:
+        """``file://<absolute path of the key's file>``."""
+        return f"file://{os.path.join(self._dir, _file_name(key))}"
+
+    # -- worker-thread side -------------------------------------------------
+
+    def _get_sync(self, name: str) -> tuple[bytes, str]:
+        self._ensure_directory(once=True)
+        path = os.path.join(self._dir, name)
+        data, etag = self._read(path, _HEADER_LEN + MAX_OBJECT_SIZE + 1)
+        if data is None:
+            raise ObjectNotFound(f"file://{path} does not exist")
+        return data, etag
+
+    def _put_sync(self, name: str, body: bytes, etag: str) -> str:
+        self._ensure_directory(once=False)
+        path = os.path.join(self._dir, name)
+        lock_path = os.path.join(self._dir, f".{name}.lock")
+        try:
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise self._os_error(exc, "opening the lock file", lock_path) from exc
+        try:
+            self._lock(lock_fd, lock_path)
+            # Holding the lock: nobody else can replace the file until we return.
+            _, current = self._read(path, _HEADER_LEN)
+            if etag == "":
+                if current:
+                    raise PreconditionFailed(f"file://{path} already exists")
+            elif not current:
+                raise PreconditionFailed(f"file://{path} no longer exists")
+            elif current != etag:
+                raise PreconditionFailed(f"file://{path} changed since etag {etag}")
+            token = secrets.token_hex(16)
+            self._replace(path, name, _MAGIC + token.encode() + b"\n" + body)
+            return f'"{token}"'
+        finally:
+            # Closing the descriptor releases the flock.
+            os.close(lock_fd)
+
+    def _check_sync(self) -> None:
+        self._ensure_directory(once=False)
+        probe = os.path.join(self._dir, f".probe.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise self._os_error(exc, "writing in the storage directory", probe) from exc
+
+    def _ensure_directory(self, *, once: bool) -> None:
+        if once and self._ready:
+            return
+        try:
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        except FileExistsError as exc:
+            # makedirs(exist_ok=True) raises this only when the path is not a directory.
+            raise StorageError(
+                f"storage directory {self._dir} exists but is not a directory"
+            ) from exc
+        except OSError as exc:
+            raise self._os_error(exc, "creating the storage directory", self._dir) from exc
+        self._ready = True
+
+    def _read(self, path: str, limit: int) -> tuple[bytes | None, str]:
+        """Return (body, etag) of ``path``, or (None, "") if it does not exist."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None, ""
+        except OSError as exc:
+            raise self._os_error(exc, "opening", path) from exc
+        try:
+            st = os.fstat(fd)
+            chunks: list[bytes] = []
+            size = 0
+            while size < limit:
+                chunk = os.read(fd, limit - size)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+        except OSError as exc:
+            raise self._os_error(exc, "reading", path) from exc
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if data.startswith(_MAGIC) and data[_HEADER_LEN - 1 : _HEADER_LEN] == b"\n":
+            token = data[len(_MAGIC) : _HEADER_LEN - 1]
+            if _TOKEN.fullmatch(token):
+                return data[_HEADER_LEN : _HEADER_LEN + MAX_OBJECT_SIZE + 1], f'"{token.decode()}"'
+        # Not written by FileStorage: name this exact file version by its fstat.
+        etag = f'"stat-{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_ctime_ns:x}-{st.st_size:x}"'
+        return data[: MAX_OBJECT_SIZE + 1], etag
+
+    def _replace(self, path: str, name: str, data: bytes) -> None:
+        tmp = os.path.join(self._dir, f".{name}.{secrets.token_hex(8)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            # The temp file may never have been created, or already renamed.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise self._os_error(exc, "writing", path) from exc
+        # The rename is only durable once the directory entry is on disk. If
+        # this fails the outcome is unknown, and the caller must treat it so.
+        try:
+            dir_fd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise self._os_error(exc, "syncing the storage directory", self._dir) from exc
+
+    def _lock(self, fd: int, lock_path: str) -> None:
+        # Poll with LOCK_NB rather than block: a worker thread stuck in flock
+        # behind a frozen process could never be cancelled or reclaimed.
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.0002
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise self._os_error(exc, "locking", lock_path) from exc
+            if time.monotonic() >= deadline:
+                raise StorageUnavailable(
+                    f"timed out after {self._lock_timeout} s waiting for the lock {lock_path}"
+                    " (another process is writing, or is frozen mid-write)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+
+    def _os_error(self, exc: OSError, action: str, path: str) -> StorageError:
+        where = exc.filename if exc.filename is not None else path
+        reason = exc.strerror or str(exc)
+        if exc.errno in _DENIED:
+            return StorageAuthError(
+                f"permission denied {action} {where} ({reason}): the storage directory"
+                f" {self._dir} and its files must be readable and writable by this"
+                " process's user; check their owner and mode"
+            )
+        if exc.errno == errno.ENOTDIR:
+            return StorageError(
+                f"{action} {where} failed: a component of the storage directory path"
+                f" {self._dir} is a file, not a directory"
+            )
+        if exc.errno in _TRANSIENT:
+            return StorageUnavailable(f"{action} {where} failed: {reason}")
+        return StorageError(f"{action} {where} failed: {reason}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"FileStorage({self._dir}) is closed")
+
+
+def _file_name(key: str) -> str:
+    """Map ``key`` to its file name, rejecting keys that are not plain relative paths."""
+    if not key:
+        raise ConfigError("key", "must not be empty")
+    if "\0" in key:
+        raise ConfigError("key", f"{key!r} contains a NUL byte")
+    if key.startswith("/"):
+        raise ConfigError("key", f"{key!r} is absolute; keys are relative to the storage directory")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ConfigError(
+            "key", f"{key!r} has an empty, '.' or '..' path component; it must not escape"
+        )
+    # quote() with safe="" keeps only [A-Za-z0-9_.~-] and encodes "%" too, so
+    # the mapping is injective and the result never contains "/".
+    name = quote(key, safe="")
+    if name.startswith("."):
+        name = "%2E" + name[1:]  # dot-names are reserved for lock and temp files
+    if len(name.encode()) > _MAX_NAME_BYTES:
+        raise ConfigError("key", f"{key!r} is too long ({_MAX_NAME_BYTES} bytes once encoded)")
+    return name

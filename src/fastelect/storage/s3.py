@@ -1,0 +1,337 @@
+"""A lock store on S3 or an S3-compatible object store, via aiobotocore.
+
+Creates use ``If-None-Match: *`` and replacements ``If-Match: <etag>``, so the
+store itself arbitrates every race. botocore's own retries are off and every
+request is bounded by ``timeout``: the elector decides when to retry, within
+its lease budget.
+
+S3 etags are the content's MD5 (for single-part uploads without SSE-KMS), so
+identical bytes give identical etags; fastelect's records always differ, see
+:mod:`fastelect.storage.base`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    HTTPClientError,
+    NoCredentialsError,
+    NoRegionError,
+    PartialCredentialsError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.handlers import add_expect_header
+
+from ..errors import ConfigError
+from .base import (
+    MAX_OBJECT_SIZE,
+    BucketNotFound,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageAuthError,
+    StorageError,
+    StorageStats,
+    StorageUnavailable,
+)
+
+__all__ = ["S3Storage"]
+
+# Error codes that mean the store refused who we are or what we may do.
+_AUTH_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "AuthorizationHeaderMalformed",
+        "ExpiredToken",
+        "InvalidAccessKeyId",
+        "InvalidToken",
+        "RequestTimeTooSkewed",
+        "SignatureDoesNotMatch",
+        "TokenRefreshRequired",
+    }
+)
+# Error codes that may clear on their own.
+_TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "OperationAborted",
+        "RequestTimeout",
+        "ServiceUnavailable",
+        "SlowDown",
+        "ThrottlingException",
+        "TooManyRequests",
+    }
+)
+# Every failure a request can raise that is not a bug in our code.
+_REQUEST_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
+_AUTH_HINT = (
+    "check the credentials (access key id, secret, session token and its expiry),"
+    " the region, the host clock, and the bucket policy / IAM permissions"
+    " (s3:GetObject, s3:PutObject, s3:ListBucket on the bucket)"
+)
+
+
+class S3Storage:
+    """A :class:`~fastelect.storage.Storage` on an S3 bucket.
+
+    Objects live at ``prefix + "/" + key`` (just ``key`` when ``prefix`` is
+    empty). Credentials come from the arguments when given, otherwise from the
+    standard AWS chain (environment, shared config, container/instance role)
+    of ``session`` (an ``aiobotocore.session.AioSession``; a new one by
+    default). ``endpoint_url`` points at S3-compatible stores (MinIO, R2,
+    Ceph RGW, ...); ``addressing_style`` ("auto", "path" or "virtual")
+    selects bucket-in-path vs bucket-in-host URLs, as most self-hosted stores
+    need "path".
+
+    ``timeout`` (seconds, default 2.0) bounds each request as a whole,
+    connecting and reading the answer included; botocore's retries are off.
+
+    One client is created on first use, reused, and closed by :meth:`close`.
+    ``stats`` counts requests issued.
+
+    Below botocore, aiohttp resends a PUT once if the connection drops before
+    any response (it deems PUT idempotent). A conditional PUT stays safe: if
+    the first copy landed, the resend fails with PreconditionFailed, which
+    callers must already treat as "outcome unknown, read back" (design rule 4).
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        session: AioSession | None = None,
+        timeout: float = 2.0,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+        aws_session_token: str | None = None,
+        addressing_style: str = "auto",
+    ) -> None:
+        if not bucket:
+            raise ConfigError("bucket", "must not be empty")
+        if not timeout > 0:
+            raise ConfigError("timeout", f"must be > 0 seconds, got {timeout!r}")
+        if (aws_access_key_id is None) != (aws_secret_access_key is None):
+            raise ConfigError(
+                "aws_access_key_id",
+                "give both aws_access_key_id and aws_secret_access_key, or neither",
+            )
+        if addressing_style not in ("auto", "path", "virtual"):
+            raise ConfigError(
+                "addressing_style", f"must be 'auto', 'path' or 'virtual', got {addressing_style!r}"
+            )
+        self._bucket = bucket
+        self._prefix = prefix.strip("/")
+        self._endpoint_url = endpoint_url
+        self._region_name = region_name
+        self._session = session if session is not None else get_session()
+        self._timeout = timeout
+        self._credentials = {
+            "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+            "aws_session_token": aws_session_token,
+        }
+        self._config = AioConfig(
+            # total_max_attempts counts the first try; botocore's "max_attempts"
+            # counts retries only, so max_attempts=1 would still retry once.
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            signature_version="s3v4",
+            s3={"addressing_style": addressing_style},
+            # Checksums only where the API requires them: several S3-compatible
+            # stores reject the CRC headers botocore >= 1.36 adds by default.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._client: Any = None
+        self._exit_stack: contextlib.AsyncExitStack | None = None
+        self._client_lock = asyncio.Lock()
+        self._closed = False
+        #: Requests issued so far.
+        self.stats = StorageStats()
+
+    @property
+    def bucket(self) -> str:
+        """The bucket name."""
+        return self._bucket
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix, without leading or trailing slashes ("" for none)."""
+        return self._prefix
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        """Return the body (at most MAX_OBJECT_SIZE + 1 bytes) and etag of ``key``."""
+        full_key = self._full_key(key)
+        client = await self._get_client()
+        self.stats.gets += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await client.get_object(Bucket=self._bucket, Key=full_key)
+                # The context manager closes the body (and, if it was not read
+                # to the end, drops the connection) on every path.
+                async with response["Body"] as stream:
+                    chunks: list[bytes] = []
+                    size = 0
+                    while size <= MAX_OBJECT_SIZE:
+                        chunk = await stream.read(MAX_OBJECT_SIZE + 1 - size)
+                        if not chunk:
+                            break
+                        chunks.append(chunk)
+                        size += len(chunk)
+        except _REQUEST_ERRORS as exc:
+            raise self._map_error(exc, "GetObject", full_key) from exc
+        return b"".join(chunks), str(response["ETag"])
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        """Write ``body`` if the current etag is ``etag`` ("" = must not exist)."""
+        full_key = self._full_key(key)
+        client = await self._get_client()
+        condition = {"IfNoneMatch": "*"} if etag == "" else {"IfMatch": etag}
+        self.stats.puts += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await client.put_object(
+                    Bucket=self._bucket,
+                    Key=full_key,
+                    Body=bytes(body),
+                    ContentType="application/json",
+                    **condition,
+                )
+        except _REQUEST_ERRORS as exc:
+            raise self._map_error(exc, "PutObject", full_key) from exc
+        return str(response["ETag"])
+
+    async def check(self) -> None:
+        """HeadBucket: fail early and clearly on a missing bucket or bad credentials."""
+        client = await self._get_client()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await client.head_bucket(Bucket=self._bucket)
+        except _REQUEST_ERRORS as exc:
+            raise self._map_error(exc, "HeadBucket", None) from exc
+
+    async def close(self) -> None:
+        """Close the client and its connection pool; later operations raise StorageError."""
+        async with self._client_lock:
+            self._closed = True
+            exit_stack, self._exit_stack, self._client = self._exit_stack, None, None
+            if exit_stack is not None:
+                await exit_stack.aclose()
+
+    def describe(self, key: str) -> str:
+        """``s3://<bucket>/<prefix>/<key>``."""
+        return f"s3://{self._bucket}/{self._full_key(key)}"
+
+    def _full_key(self, key: str) -> str:
+        if not key:
+            raise ConfigError("key", "must not be empty")
+        if not self._prefix:
+            return key
+        return f"{self._prefix}/{key.lstrip('/')}"
+
+    async def _get_client(self) -> Any:
+        client = self._client
+        if client is not None:
+            return client
+        async with self._client_lock:
+            if self._closed:
+                raise StorageError(f"S3Storage(s3://{self._bucket}) is closed")
+            if self._client is None:
+                stack = contextlib.AsyncExitStack()
+                try:
+                    self._client = await stack.enter_async_context(
+                        self._session.create_client(
+                            "s3",
+                            endpoint_url=self._endpoint_url,
+                            region_name=self._region_name,
+                            config=self._config,
+                            **self._credentials,
+                        )
+                    )
+                except ValueError as exc:
+                    # botocore's answer to a malformed endpoint_url.
+                    await stack.aclose()
+                    raise ConfigError("endpoint_url", str(exc)) from exc
+                except _REQUEST_ERRORS as exc:
+                    await stack.aclose()
+                    raise self._map_error(exc, "creating the S3 client", None) from exc
+                # botocore asks for "Expect: 100-continue" on every PutObject,
+                # which costs a round trip before the body of every renewal;
+                # lock records are a few hundred bytes. (This client only.)
+                self._client.meta.events.unregister("before-call.s3", add_expect_header)
+                self._exit_stack = stack
+            return self._client
+
+    def _where(self, key: str | None) -> str:
+        where = f"s3://{self._bucket}/{key}" if key is not None else f"bucket {self._bucket!r}"
+        endpoint = self._endpoint_url or "AWS S3"
+        region = self._region_name or (self._client.meta.region_name if self._client else None)
+        return f"{where} at {endpoint}" + (f" (region {region})" if region else "")
+
+    def _map_error(self, exc: Exception, operation: str, key: str | None) -> StorageError:
+        """Translate a botocore / aiohttp / asyncio failure into the storage error tree."""
+        where = self._where(key)
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            message = str(error.get("Message", "")) or str(exc)
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            detail = f"{operation} on {where} failed: {code or status} {message}".rstrip()
+            if code == "NoSuchBucket" or (operation == "HeadBucket" and status == 404):
+                return BucketNotFound(
+                    f"bucket {self._bucket!r} does not exist at "
+                    f"{self._endpoint_url or 'AWS S3'} ({operation}: {code or status})"
+                )
+            if status == 412 or code == "PreconditionFailed":
+                return PreconditionFailed(detail)
+            # S3 answers 409 ConditionalRequestConflict when a concurrent
+            # conditional write to the same key won the race.
+            if code == "ConditionalRequestConflict":
+                return PreconditionFailed(detail)
+            if status == 404 or code == "NoSuchKey":
+                if operation == "PutObject":
+                    # If-Match on a key that no longer exists: the condition failed.
+                    return PreconditionFailed(detail)
+                return ObjectNotFound(detail)
+            if status == 403 or code in _AUTH_CODES:
+                return StorageAuthError(f"{detail}; {_AUTH_HINT}")
+            if status in (301, 307) or code in ("PermanentRedirect", "TemporaryRedirect"):
+                return StorageError(
+                    f"{detail}; the bucket lives in another region: set region_name"
+                )
+            if status == 501 or code == "NotImplemented":
+                # Permanent, not transient: retrying cannot help.
+                return StorageError(
+                    f"{detail}; this store does not support what fastelect needs"
+                    " (conditional PutObject with If-None-Match / If-Match)"
+                )
+            if status >= 500 or status == 429 or code in _TRANSIENT_CODES:
+                return StorageUnavailable(detail)
+            return StorageError(detail)
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return StorageAuthError(f"{operation} on {where}: {exc}; {_AUTH_HINT}")
+        if isinstance(exc, NoRegionError):
+            return StorageError(f"{operation} on {where}: {exc}; set region_name")
+        # Connection refused/reset, DNS, TLS, connect/read timeouts (botocore's,
+        # aiohttp's, and our own asyncio.timeout's TimeoutError, an OSError).
+        if isinstance(exc, BotoConnectionError | HTTPClientError | aiohttp.ClientError | OSError):
+            reason = str(exc) or type(exc).__name__
+            if type(exc) is TimeoutError:  # ours: asyncio.timeout carries no message
+                reason = f"no answer within timeout={self._timeout} s"
+            return StorageUnavailable(f"{operation} on {where}: {reason}")
+        if isinstance(exc, BotoCoreError):
+            return StorageError(f"{operation} on {where}: {exc}")
+        return StorageError(f"{operation} on {where}: unexpected {type(exc).__name__}: {exc}")
