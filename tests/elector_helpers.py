@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -58,10 +59,8 @@ async def crash(elector: Elector) -> None:
     for task in (elector._task, elector._hooks_task):
         if task is not None:
             task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
     elector._task = None
     elector._hooks_task = None
 

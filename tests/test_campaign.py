@@ -55,7 +55,7 @@ def become_leader(c: Campaign, now: int) -> str:
     assert c.poll(now) == Action.READ
     c.observe_missing(now)
     assert c.poll(now) == Action.CREATE
-    match, term, renewal, released = c.begin_write(now)
+    match, _term, _renewal, released = c.begin_write(now)
     assert (match, released) == ("", False)
     c.write_succeeded(now + 5 * MS, "e-mine-1")
     assert c.take_events() & Event.EV_ACQUIRED
@@ -211,7 +211,7 @@ def test_renewal_conflict_with_someone_else_steps_down() -> None:
 def test_unknown_acquisition_outcome_is_verified_by_reading() -> None:
     c, _ = make()
     record(c, 0, "rel", term=3, released=True)
-    match, term, renewal, _ = c.begin_write(0)
+    _match, term, renewal, _ = c.begin_write(0)
     c.write_failed(1)
     assert c.poll(1) == Action.READ
     c.observe_record(2, 0, "e-new", "me", "me:1", term, 15000, renewal, False, 1)

@@ -189,7 +189,7 @@ class ElectorConfig:
         value: Any = getattr(self, field)
         if value is None:
             return -1
-        return int(round(float(value) * 1e9))
+        return round(float(value) * 1e9)
 
     def copy(self, **changes: Any) -> ElectorConfig:
         """A validated copy with ``changes`` applied."""

@@ -37,6 +37,7 @@ from . import _core
 from ._core import Action, Campaign, Event, LeadershipTable
 from .config import ElectorConfig
 from .errors import (
+    ConfigError,
     FastelectError,
     LifecycleError,
     PreconditionFailed,
@@ -126,6 +127,7 @@ class Elector:
         self._where = storage.describe(config.lockfile_path)
         self._extra = {"lock": self._where, "elector": config.server_id, "election": election}
         self._peer: PeerChecker | None = None
+        self._retired_peers: list[PeerChecker] = []
         self._task: asyncio.Task[None] | None = None
         self._hooks_task: asyncio.Task[None] | None = None
         self._hooks: asyncio.Queue[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] | None
@@ -212,7 +214,9 @@ class Elector:
         self._release_requested = False
         if self._campaign.role == _core.Role.STOPPED:
             self._campaign.restart(_core.monotonic_ns())
-        self._hooks_task = loop.create_task(self._run_hooks(), name=f"fastelect-hooks-{self.election}")
+        self._hooks_task = loop.create_task(
+            self._run_hooks(), name=f"fastelect-hooks-{self.election}"
+        )
         self._task = loop.create_task(self._run(), name=f"fastelect-{self.election}")
         self._log.info(
             "elector %s campaigning for %s", self._config.server_id, self._where, extra=self._extra
@@ -244,8 +248,10 @@ class Elector:
         c.stop(_core.monotonic_ns())
         self._dispatch(c.take_events())
         await self._drain_hooks()
-        if self._peer is not None:
-            await self._peer.close()
+        for peer in [*self._retired_peers, self._peer]:
+            if peer is not None:
+                await peer.close()
+        self._retired_peers.clear()
         self._task = None
         self._log.info("elector %s stopped", self._config.server_id, extra=self._extra)
 
@@ -303,25 +309,18 @@ class Elector:
 
     def enable_peer_mode(self, ca_cert: bytes) -> None:
         """Check a stable leader through its health endpoint instead of storage."""
-        from .config import ConfigError
-
         if not self._config.server_addr:
             raise ConfigError("server_addr", "is required for peer mode (host:port)")
         checker = PeerChecker(ca_cert, float(self._config.peer_timeout))  # type: ignore[arg-type]
         old, self._peer = self._peer, checker
         if old is not None:
-            try:
-                asyncio.get_running_loop().create_task(old.close())
-            except RuntimeError:  # no loop: the old client never opened a connection
-                pass
+            self._retired_peers.append(old)  # closed by stop(), on the loop that opened it
         self._config = self._config.copy(peer_mode=True, peer_ca_cert=bytes(ca_cert))
         self._campaign.set_peer_mode(True)
         self._kick()
 
     def update_config(self, config: ElectorConfig) -> None:
         """Apply new timings and hooks; the identity fields cannot change."""
-        from .config import ConfigError
-
         for field in ("lockfile_path", "server_id", "server_addr"):
             if getattr(config, field) != getattr(self._config, field):
                 raise ConfigError(field, "cannot change on a running elector; make a new one")
@@ -589,10 +588,11 @@ class Elector:
         if events & Event.EV_NEW_LEADER:
             self._log.debug("leader of %s is now %r", self._where, c.leader_id, extra=self._extra)
             self._enqueue("on_new_leader", self._config.on_new_leader, c.leader_id)
-        if events & (Event.EV_NEW_LEADER | Event.EV_ACQUIRED | Event.EV_LOST | Event.EV_CYCLE):
-            if self._changed is not None and events & ~Event.EV_CYCLE:
-                self._changed.set()
-                self._changed = asyncio.Event()
+        changes = Event.EV_NEW_LEADER | Event.EV_ACQUIRED | Event.EV_LOST
+        if events & changes and self._changed is not None:
+            # Wake every waiter of this change; later waiters wait for the next one.
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     def _arm_expiry(self, deadline_ns: int) -> None:
         # Leader-only work must not outlive the lease (rule 6), even if the loop
