@@ -11,6 +11,7 @@ spelled out in :mod:`fastelect.elector` and the README.
 """
 
 from ._core import LeadershipTable, TableReader, attach
+from .background import BackgroundElector
 from .config import ElectorConfig
 from .elector import Elector, LeadershipLost, LeadershipStatus
 from .errors import (
@@ -33,6 +34,7 @@ from .storage import FileStorage, MemoryStorage, S3Storage, Storage
 __version__ = "0.1.0"
 
 __all__ = [
+    "BackgroundElector",
     "BucketNotFound",
     "ConfigError",
     "Elector",

@@ -1,0 +1,116 @@
+"""``fastelect certs``: a development CA and a server certificate for the health server.
+
+Writes into ``--out`` (created 0700), every file mode 0600:
+
+``ca-cert.pem`` / ``ca-key.pem``
+    a new self-signed CA (skipped when ``--ca-cert``/``--ca-key`` name an
+    existing one, so one CA can sign every node's certificate);
+``server-cert.pem`` / ``server-key.pem``
+    a server certificate for the given ``--ip`` and ``--dns`` names (EC
+    P-256, serverAuth), for ``fastelect run --tls-cert/--tls-key``.
+
+Peers trust ``ca-cert.pem`` (``ElectorConfig.peer_ca_cert``).  For
+development and tests: no revocation, no name constraints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..tls import CertificateAuthority, TLSCertificate
+from . import _util
+
+__all__ = ["add_parser", "command"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``certs``."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "certs",
+        help="make a development CA and a server certificate (files 0600)",
+        description=_util.paragraph(
+            "Create a development CA and a server certificate/key for the health "
+            "server and peer checks. Files are written with mode 0600."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  fastelect certs --out ./tls --ip 10.0.0.5 --dns node1\n"
+        "  fastelect certs --out ./node2 --dns node2 \\\n"
+        "      --ca-cert ./tls/ca-cert.pem --ca-key ./tls/ca-key.pem",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (made 0700)")
+    p.add_argument(
+        "--ip", action="append", default=[], metavar="ADDR", help="IP address SAN (repeatable)"
+    )
+    p.add_argument(
+        "--dns", action="append", default=[], metavar="NAME", help="DNS name SAN (repeatable)"
+    )
+    p.add_argument(
+        "--cn", default=None, metavar="NAME", help="common name (default: first DNS name or IP)"
+    )
+    p.add_argument(
+        "--days", type=int, default=90, metavar="N", help="server certificate validity (days)"
+    )
+    p.add_argument("--ca-cert", metavar="FILE", help="sign with this existing CA certificate…")
+    p.add_argument("--ca-key", metavar="FILE", help="…and its private key")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    _util.add_logging_args(p)
+    p.set_defaults(handler=command, parser=p)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Create the files and list them."""
+    parser: argparse.ArgumentParser = args.parser
+    if not args.ip and not args.dns:
+        parser.error("give at least one --ip or --dns: TLS clients check these, not the CN")
+    if bool(args.ca_cert) != bool(args.ca_key):
+        parser.error("--ca-cert and --ca-key go together")
+    if args.days < 1:
+        parser.error("--days must be at least 1")
+    for ip in args.ip:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            parser.error(f"--ip {ip!r} is not an IP address (use --dns for names)")
+    _util.configure_logging(args)
+    out = Path(args.out)
+    names = ["server"] if args.ca_cert else ["ca", "server"]
+    targets = [out / f"{name}-{part}.pem" for name in names for part in ("cert", "key")]
+    existing = [str(path) for path in targets if path.exists()]
+    if existing and not args.force:
+        raise _util.CLIError(f"{', '.join(existing)} already exist; pass --force to replace")
+    if args.ca_cert:
+        ca = CertificateAuthority(_read(args.ca_cert), _read(args.ca_key))
+    else:
+        ca = CertificateAuthority.create()
+    common_name = args.cn or (args.dns[0] if args.dns else args.ip[0])
+    server = ca.issue(
+        common_name=common_name,
+        dns_names=args.dns,
+        ip_addresses=args.ip,
+        valid_days=args.days,
+    )
+    written: list[Path] = []
+    if not args.ca_cert:
+        # The CA pair is a valid TLSCertificate too, which writes 0600 files.
+        written += TLSCertificate(ca.cert_pem, ca.key_pem).write_private(out, name="ca")
+    written += server.write_private(out, name="server")
+    for path in written:
+        sys.stdout.write(f"{path}\n")
+    sans = ", ".join(server.subject_alt_names)
+    sys.stdout.write(
+        f"server certificate for {sans}, valid until {server.not_valid_after:%Y-%m-%d}; "
+        "peers verify it with ca-cert.pem\n"
+    )
+    return _util.EXIT_OK
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise _util.CLIError(f"cannot read {path}: {exc.strerror or exc}") from exc

@@ -1,0 +1,416 @@
+"""``fastelect run``: a sidecar that runs a command only while this node leads.
+
+Like ``consul lock`` or ``etcdctl elect``, for a bucket::
+
+    fastelect run --store s3://locks/jobs --id "$(hostname)" --lock nightly.json -- ./nightly.sh
+
+The sidecar campaigns; while it leads it runs the command as a child
+(stdout/stderr passed through, stdin from /dev/null) with ``FASTELECT_TERM``
+(the fencing token) and ``FASTELECT_LEADER_ID`` in its environment.
+
+* Leadership lost: SIGTERM to the child, SIGKILL after ``--grace``, campaign on.
+* The lease is about to run out without a renewal: SIGTERM; SIGKILL just
+  before the deadline, whatever ``--grace`` says (see :mod:`._child`).
+* The child exits by itself: release the lock and exit with its status
+  (128 + N if a signal N killed it), or start it again with ``--restart``.
+* SIGTERM, SIGINT or SIGHUP to the sidecar: stop the child, release, exit 0.
+* The sidecar is SIGKILLed: the kernel kills the child (PR_SET_PDEATHSIG).
+
+Without a command, with ``--shm`` or ``--health-bind``, it just campaigns
+and publishes the leadership for other processes until stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._core import LeadershipTable
+from ..config import ElectorConfig
+from ..elector import Elector, LeadershipLost
+from ..storage import Storage
+from ..tls import TLSCertificate
+from . import _util
+from ._child import Child, LeaseGuard, spawn
+from .stores import StoreSpec, parse_store_url
+
+if TYPE_CHECKING:
+    from ..health import HealthServer
+
+__all__ = ["add_parser", "command"]
+
+_log = logging.getLogger("fastelect.cli.run")
+_NS = 1_000_000_000
+# SIGKILL this long before the lease deadline, so signal delivery and the
+# guard thread's wake-up latency still land inside the lease.
+_KILL_LEAD_S = 0.05
+
+Outcome = Literal["exited", "lost", "stop"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``run``."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "run",
+        help="run a command only while this node is the leader (a sidecar)",
+        description=_util.paragraph(
+            "Campaign for a lock and run COMMAND only while this node leads. "
+            "The child gets FASTELECT_TERM (fencing token) and FASTELECT_LEADER_ID; it is "
+            "stopped when leadership ends, before the lease runs out, and dies with the sidecar."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  fastelect run --store file:///var/lib/fastelect --id node1 -- ./job.sh --flag\n"
+        "  fastelect run --store 's3://locks/jobs?region=eu-west-1' --id \"$(hostname)\" \\\n"
+        "      --lock nightly.json --restart -- ./worker\n"
+        "  fastelect run --store s3://locks/web --id web-1 --shm web  # publish only",
+    )
+    p.add_argument("--store", required=True, metavar="URL", help="file:///dir or s3://bucket/…")
+    p.add_argument("--id", required=True, dest="server_id", help="this node's unique id")
+    p.add_argument(
+        "--lock", default="leader.json", metavar="KEY", help="lock object key (default leader.json)"
+    )
+    p.add_argument(
+        "--addr",
+        default=None,
+        metavar="HOST:PORT",
+        help="address written as leaderAddr (default: --health-bind when it names a host)",
+    )
+    _util.add_timing_args(p, lease=15.0, frequent=5.0, infrequent=30.0)
+    child = p.add_argument_group("the child")
+    child.add_argument(
+        "--grace",
+        type=_util.positive_seconds,
+        default=10.0,
+        metavar="S",
+        help="time between SIGTERM and SIGKILL when leadership ends or on stop (default 10); "
+        "never past the lease deadline",
+    )
+    child.add_argument(
+        "--restart",
+        action="store_true",
+        help="start the command again when it exits while still leader (default: release "
+        "the lock and exit with its status)",
+    )
+    child.add_argument(
+        "--restart-delay",
+        type=_util.non_negative_seconds,
+        default=1.0,
+        metavar="S",
+        help="pause before a restart (default 1)",
+    )
+    publish = p.add_argument_group("publishing the leadership")
+    publish.add_argument(
+        "--shm",
+        metavar="NAME",
+        help="publish the leadership table in shared memory as NAME, for "
+        "fastelect.attach(NAME).is_leader('default') in other processes",
+    )
+    publish.add_argument(
+        "--health-bind",
+        metavar="ADDR",
+        help="also serve GET /health/leadership over HTTPS on ADDR (e.g. :8443)",
+    )
+    publish.add_argument("--tls-cert", metavar="FILE", help="PEM certificate for --health-bind")
+    publish.add_argument("--tls-key", metavar="FILE", help="PEM private key for --health-bind")
+    _util.add_logging_args(p)
+    p.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="-- COMMAND [ARGS...]",
+        help="the command to run while leader",
+    )
+    p.set_defaults(handler=command, parser=p)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Validate the flags, then run the sidecar on uvloop."""
+    parser: argparse.ArgumentParser = args.parser
+    cmd = list(args.command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd and not (args.shm or args.health_bind):
+        parser.error("give a command after '--' (or --shm / --health-bind to only publish)")
+    if args.health_bind and not (args.tls_cert and args.tls_key):
+        parser.error("--health-bind needs --tls-cert and --tls-key")
+    if (args.tls_cert or args.tls_key) and not args.health_bind:
+        parser.error("--tls-cert/--tls-key are only used with --health-bind")
+    _util.configure_logging(args, default=logging.INFO)
+    spec = parse_store_url(args.store)
+    addr = args.addr if args.addr is not None else _addr_from_bind(args.health_bind)
+    config = _util.elector_config(
+        args, lockfile_path=args.lock, server_id=args.server_id, server_addr=addr
+    )
+    cert = TLSCertificate.from_files(args.tls_cert, args.tls_key) if args.health_bind else None
+    table_name = args.shm or (f"run-{os.getpid()}" if args.health_bind else None)
+    sidecar = Sidecar(
+        spec,
+        config,
+        cmd,
+        grace=args.grace,
+        restart=args.restart,
+        restart_delay=args.restart_delay,
+        table_name=table_name,
+        health_bind=args.health_bind,
+        tls_cert=cert,
+    )
+    return _util.run_async(sidecar.run())
+
+
+def _addr_from_bind(bind: str | None) -> str:
+    """``10.0.0.5:8443`` → itself; ``:8443`` or ``0.0.0.0:8443`` → "" (no usable host)."""
+    if not bind:
+        return ""
+    host, _, _port = bind.rpartition(":")
+    host = host.strip("[]")
+    if not host:
+        return ""
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_unspecified:
+            return ""
+    return bind
+
+
+@dataclass
+class _Watch:
+    """What ended a child's run."""
+
+    outcome: Outcome
+    guard_signal: int = 0
+
+
+class Sidecar:
+    """One ``fastelect run``: an elector, optional publishing, and the child it supervises."""
+
+    def __init__(
+        self,
+        spec: StoreSpec,
+        config: ElectorConfig,
+        command: list[str],
+        *,
+        grace: float,
+        restart: bool,
+        restart_delay: float,
+        table_name: str | None,
+        health_bind: str | None,
+        tls_cert: TLSCertificate | None,
+    ) -> None:
+        self._spec = spec
+        self._config = config
+        self._command = command
+        self._grace = grace
+        self._restart = restart
+        self._restart_delay = restart_delay
+        self._table_name = table_name
+        self._health_bind = health_bind
+        self._tls_cert = tls_cert
+        self._stopping = asyncio.Event()
+        lease, freq = config.lease, config.frequent
+        margin = config.ns("safety_margin") / _NS
+        # SIGTERM this long before the deadline.  A leader renews every F and
+        # its lease after a renewal is T - margin, so the lease left never
+        # drops below T - margin - F while renewals land: half of that slack
+        # leaves renewals (and a retry or two) time to land before we act.
+        self._term_lead_ns = int(min(grace, max(0.0, (lease - margin - freq) / 2)) * _NS)
+        self._kill_lead_ns = min(int(_KILL_LEAD_S * _NS), self._term_lead_ns)
+
+    async def run(self) -> int:
+        """Campaign and supervise until stopped or the child ends; the exit status."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        storage: Storage | None = None
+        table: LeadershipTable | None = None
+        elector: Elector | None = None
+        health: HealthServer | None = None
+        try:
+            storage = self._spec.create()
+            if self._table_name:
+                table = LeadershipTable(self._table_name, slots=1)
+            elector = Elector(self._config, storage, table=table)
+            await elector.start()
+            if self._health_bind:
+                health = await self._start_health()
+            return await self._supervise(elector, storage)
+        finally:
+            if elector is not None:
+                # The child is gone by now, so releasing cannot let a second
+                # copy of leader-only work start while ours still runs.
+                await elector.stop()
+            if health is not None:
+                await health.stop()
+            if storage is not None:
+                await storage.close()
+            if table is not None:
+                table.close()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if not self._stopping.is_set():
+            _log.info("received %s: stopping", signal.Signals(sig).name)
+        self._stopping.set()
+
+    async def _start_health(self) -> HealthServer:
+        # Imported here: granian is heavy and only --health-bind needs it.
+        from ..health import HealthServer, HealthServerConfig
+
+        assert self._table_name is not None and self._tls_cert is not None
+        assert self._health_bind is not None
+        config = HealthServerConfig(bind_addr=self._health_bind, tls_cert=self._tls_cert)
+        server = HealthServer(config, self._table_name, routes={"/health/leadership": "default"})
+        await server.start()
+        return server
+
+    async def _supervise(self, elector: Elector, storage: Storage) -> int:
+        where = storage.describe(self._config.lockfile_path)
+        if not self._command:
+            await self._stopping.wait()
+            return _util.EXIT_OK
+        while True:
+            if not await self._until_leader(elector):
+                return _util.EXIT_OK
+            term = elector.term
+            env = dict(os.environ)
+            env["FASTELECT_TERM"] = str(term)
+            env["FASTELECT_LEADER_ID"] = self._config.server_id
+            env["FASTELECT_LOCK"] = where
+            if self._table_name:
+                env["FASTELECT_SHM"] = self._table_name
+            try:
+                child = await spawn(self._command, env=env)
+            except OSError as exc:
+                raise _util.CLIError(f"cannot start {self._command[0]!r}: {exc}") from exc
+            _log.info(
+                "leader of %s (term %d): started %s as pid %d",
+                where,
+                term,
+                self._command[0],
+                child.pid,
+            )
+            loop = asyncio.get_running_loop()
+            fired = asyncio.Event()
+            # The guard bounds the child by the lease from now until it is
+            # reaped, including while it is being stopped below.
+            guard = LeaseGuard(
+                elector.slot,
+                child,
+                term_lead_ns=self._term_lead_ns,
+                kill_lead_ns=self._kill_lead_ns,
+                on_fire=_wake_from_thread(loop, fired),
+            )
+            guard.start()
+            try:
+                watch = await self._watch(elector, child, fired)
+                watch.guard_signal = guard.fired
+                if watch.outcome != "exited":
+                    why = "shutting down" if watch.outcome == "stop" else "leadership ended"
+                    _log.info("%s: stopping child %d", why, child.pid)
+                    await child.terminate(self._grace)
+            finally:
+                # Also on cancellation or error: never leave the child behind.
+                if child.returncode is None:
+                    child.send(signal.SIGKILL)
+                    await child.wait()
+                guard.stop()
+                child.close()
+            status = _util.exit_status(child.returncode or 0)
+            if watch.outcome == "stop":
+                return _util.EXIT_OK
+            if watch.outcome == "lost":
+                if watch.guard_signal:
+                    _log.warning(
+                        "the lease of term %d was about to run out without a renewal: "
+                        "child %d stopped with %s",
+                        term,
+                        child.pid,
+                        signal.Signals(watch.guard_signal).name,
+                    )
+                else:
+                    _log.info("lost leadership of %s (term %d); campaigning again", where, term)
+                continue
+            if not self._restart:
+                _log.info("child %d exited with status %d; releasing %s", child.pid, status, where)
+                return status
+            _log.info(
+                "child %d exited with status %d; restarting in %.1f s",
+                child.pid,
+                status,
+                self._restart_delay,
+            )
+            if await self._sleep_or_stop(self._restart_delay):
+                return _util.EXIT_OK
+
+    async def _until_leader(self, elector: Elector) -> bool:
+        """Wait for leadership; False if asked to stop first."""
+        if self._stopping.is_set():
+            return False
+        if elector.is_leader():
+            return True
+        lead = asyncio.ensure_future(elector.wait_for_leadership())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({lead, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (lead, stop):
+                task.cancel()
+            await asyncio.gather(lead, stop, return_exceptions=True)
+        return not self._stopping.is_set() and elector.is_leader()
+
+    async def _watch(self, elector: Elector, child: Child, fired: asyncio.Event) -> _Watch:
+        """Wait until the child exits, leadership ends, or we are told to stop."""
+        exited = asyncio.ensure_future(child.wait())
+        lost = asyncio.ensure_future(_until_lost(elector))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        alarm = asyncio.ensure_future(fired.wait())
+        tasks = (exited, lost, stop, alarm)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._stopping.is_set():
+            return _Watch("stop")
+        # A child that exited because the guard signalled it, or once the
+        # leadership was gone, did not "exit on its own".
+        if exited not in done or fired.is_set() or not elector.is_leader():
+            return _Watch("lost")
+        return _Watch("exited")
+
+    async def _sleep_or_stop(self, seconds: float) -> bool:
+        """Sleep; True if asked to stop meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        return self._stopping.is_set()
+
+
+def _wake_from_thread(
+    loop: asyncio.AbstractEventLoop, event: asyncio.Event
+) -> Callable[[int], None]:
+    """A callback for another thread that sets ``event`` on ``loop``."""
+
+    def wake(_sig: int) -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    return wake
+
+
+async def _until_lost(elector: Elector) -> None:
+    """Return when the leadership this node holds now ends (at the deadline at the latest)."""
+    if not elector.is_leader():
+        return
+    try:
+        async with elector.leadership():
+            await asyncio.Event().wait()
+    except LeadershipLost:
+        return

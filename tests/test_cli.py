@@ -1,0 +1,698 @@
+"""The ``fastelect`` command, run for real: ``python -m fastelect.cli`` in subprocesses.
+
+Sidecar children append ``leader term pid monotonic-time kind`` lines to a
+shared file; CLOCK_MONOTONIC is one clock for every process on the host, so
+the lines from different sidecars can be ordered and checked for overlap.
+Every subprocess is killed in ``finally``; waits are bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import S3_REGION, MotoAuth
+from fastelect.record import encode_record
+from helpers import free_port
+
+OPENSSL = "/usr/bin/openssl"
+CLI = [sys.executable, "-m", "fastelect.cli"]
+
+CHILD = """
+import os, signal, sys, time
+out, mode = sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else ""
+who = f"{os.environ['FASTELECT_LEADER_ID']} {os.environ['FASTELECT_TERM']} {os.getpid()}"
+
+def line(kind):
+    with open(out, "a") as f:  # O_APPEND: whole lines, even from several processes
+        f.write(f"{who} {time.monotonic():.6f} {kind}\\n")
+
+def on_term(*_):
+    line("TERM")
+    if mode != "ignore-term":
+        sys.exit(0)
+
+signal.signal(signal.SIGTERM, on_term)
+line("start")
+while True:
+    line("beat")
+    time.sleep(0.02)
+"""
+
+
+def cli(*args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run the command to completion."""
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+@dataclass(frozen=True)
+class Line:
+    leader: str
+    term: int
+    pid: int
+    t: float
+    kind: str
+
+
+def read_lines(path: Path) -> list[Line]:
+    if not path.exists():
+        return []
+    lines = []
+    for raw in path.read_text().splitlines():
+        parts = raw.split()
+        if len(parts) == 5:
+            lines.append(Line(parts[0], int(parts[1]), int(parts[2]), float(parts[3]), parts[4]))
+    return sorted(lines, key=lambda line: line.t)
+
+
+def assert_exclusive(lines: list[Line]) -> list[tuple[str, int, int]]:
+    """No two children ever interleave, and each new one runs under a higher term."""
+    blocks: list[tuple[str, int, int]] = []
+    for line in lines:
+        key = (line.leader, line.term, line.pid)
+        if not blocks or blocks[-1] != key:
+            assert key not in blocks, f"{key} ran again after another child: overlap"
+            blocks.append(key)
+    terms = [term for _, term, _ in blocks]
+    assert terms == sorted(terms) and len(set(terms)) == len(terms), f"terms {terms}"
+    return blocks
+
+
+def pid_gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, message: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {message}")
+        time.sleep(0.01)
+
+
+class Procs:
+    """Started subprocesses, each killed (with its process group) after the test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, name: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed by Popen owner
+        try:
+            proc = subprocess.Popen([*CLI, *args], stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        finally:
+            log.close()  # the child has its own copy
+        self.procs.append(proc)
+        return proc
+
+    def log(self, name: str) -> str:
+        return (self.tmp_path / f"{name}.log").read_text(errors="replace")
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    started = Procs(tmp_path)
+    try:
+        yield started
+    finally:
+        started.cleanup()
+
+
+@pytest.fixture
+def child_script(tmp_path: Path) -> Path:
+    path = tmp_path / "child.py"
+    path.write_text(CHILD)
+    return path
+
+
+def s3_url(endpoint: str, bucket: str, prefix: str | None = None) -> str:
+    prefix = prefix or f"cli-{uuid.uuid4().hex[:12]}"
+    return f"s3://{bucket}/{prefix}?endpoint_url={endpoint}&region={S3_REGION}"
+
+
+# -- the command itself ---------------------------------------------------------------
+
+
+def test_module_and_version_and_help() -> None:
+    done = cli("--version")
+    assert done.returncode == 0 and done.stdout.startswith("fastelect ")
+    done = cli("--help")
+    assert done.returncode == 0
+    assert "{demo,run,status,certs}" in done.stdout and "_demo-node" not in done.stdout
+
+
+# -- demo -----------------------------------------------------------------------------
+
+
+# Short: three calm phases of 1 s, a lease of 1 s, polls every 0.25 s.
+DEMO_TIMING = ("--duration", "3", "--leader-timeout", "1", "--frequent-interval", "0.25")
+FAILOVER = re.compile(
+    r"failover after a (crash|release) \((\S+) (node-\d) -> (node-\d)\):\s+"
+    r"([\d.]+) s\s+bound ([\d.]+) s"
+)
+
+
+@pytest.mark.slow
+def test_demo_on_the_embedded_default_prints_both_failovers_within_bounds() -> None:
+    done = cli("demo", *DEMO_TIMING, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    found = {m.group(1): m for m in FAILOVER.finditer(done.stdout)}
+    assert set(found) == {"crash", "release"}, done.stdout
+    crash, release = found["crash"], found["release"]
+    assert crash.group(2) == "SIGKILL" and release.group(2) == "SIGTERM"
+    # The bounds the config promises: T + F after a crash, F after a release.
+    assert float(crash.group(6)) == pytest.approx(1.25)
+    assert float(release.group(6)) == pytest.approx(0.25)
+    assert float(crash.group(5)) <= 1.25 + 0.3
+    assert float(release.group(5)) <= 0.25 + 0.3
+    # Not a TTY: plain event lines, no escape sequences.
+    assert "\x1b[" not in done.stdout
+    assert "became leader (term 1)" in done.stdout
+
+
+@pytest.mark.slow
+def test_demo_in_one_process_on_memory_with_json_output() -> None:
+    done = cli("demo", "--store", "memory://", "--nodes", "2", "--json", *DEMO_TIMING, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout)
+    assert result["ok"] and result["nodes"] == 2
+    kinds = [f["kind"] for f in result["failovers"]]
+    assert kinds == ["crash", "graceful"]
+    for failover in result["failovers"]:
+        assert failover["within_bound"]
+        assert failover["seconds"] <= failover["bound_s"] + result["allowance_s"]
+    # With two nodes the crashed one must have come back to take the last turn.
+    terms = [f["term"] for f in result["failovers"]]
+    assert terms[0] < terms[1]
+
+
+# -- run: the sidecar -------------------------------------------------------------------
+
+
+def sidecar_args(store: str, server_id: str, out: Path, child: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--store",
+        store,
+        "--id",
+        server_id,
+        *extra,
+        "--",
+        sys.executable,
+        str(child),
+        str(out),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["file", pytest.param("s3", marks=pytest.mark.s3)])
+def test_two_sidecars_run_the_child_on_exactly_one_and_hand_over_on_sigkill(
+    kind: str, tmp_path: Path, procs: Procs, child_script: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "file":
+        store = f"file://{tmp_path / 'store'}"
+        lease, freq = 1.0, 0.2
+    else:
+        store = s3_url(request.getfixturevalue("moto_server"), request.getfixturevalue("s3_bucket"))
+        lease, freq = 1.5, 0.3
+    timing = [
+        "--leader-timeout",
+        str(lease),
+        "--frequent-interval",
+        str(freq),
+        "--infrequent-interval",
+        str(freq),
+        "--grace",
+        "1",
+    ]
+    out = tmp_path / "out.txt"
+    sidecars = {
+        sid: procs.start(*sidecar_args(store, sid, out, child_script, *timing), name=sid)
+        for sid in ("a", "b")
+    }
+
+    first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
+    time.sleep(5 * freq)
+    assert {line.leader for line in read_lines(out)} == {first.leader}
+    # status sees the live leader.
+    status = cli("status", "--store", store, "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["leader_id"] == first.leader
+
+    # SIGKILL the leader's sidecar: its child dies with it, at once.
+    t_kill = time.monotonic()
+    sidecars[first.leader].kill()
+    wait_for(lambda: pid_gone(first.pid), 1.0, f"child {first.pid} outlived its sidecar")
+    other = "b" if first.leader == "a" else "a"
+    takeover = wait_for(
+        lambda: next((x for x in read_lines(out) if x.leader == other), None),
+        lease + freq + 10,
+        "the other sidecar never took over",
+    )
+    # It waited out the lease (measured from the dead leader's last renewal,
+    # at most one interval before the kill), and took the next term.
+    assert takeover.t - t_kill >= lease - freq - 0.1
+    assert takeover.t - t_kill <= lease + freq + 2.0
+    assert takeover.term > first.term
+    last_old = max(x.t for x in read_lines(out) if x.leader == first.leader)
+    assert last_old < takeover.t
+
+    # SIGTERM the survivor: it stops the child, releases and exits 0.
+    survivor = sidecars[other]
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=10) == 0, procs.log(other)
+    assert pid_gone(takeover.pid)
+    lines = read_lines(out)
+    assert [line.kind for line in lines if line.pid == takeover.pid][-1] == "TERM"
+    blocks = assert_exclusive(lines)
+    assert [leader for leader, _, _ in blocks] == [first.leader, other]
+    status = cli("status", "--store", store, "--json")
+    assert status.returncode == 3
+    assert json.loads(status.stdout)["state"] == "released"
+
+
+def test_child_exit_releases_and_passes_its_status_on(tmp_path: Path) -> None:
+    store = f"file://{tmp_path / 'store'}"
+    done = cli(
+        "run",
+        "--store",
+        store,
+        "--id",
+        "a",
+        "-q",
+        "--",
+        sys.executable,
+        "-c",
+        "import os, sys; print('term', os.environ['FASTELECT_TERM'],"
+        " os.environ['FASTELECT_LEADER_ID']); sys.exit(7)",
+    )
+    assert done.returncode == 7, done.stderr
+    assert done.stdout == "term 1 a\n"  # the child's stdout is passed through
+    status = cli("status", "--store", store)
+    assert status.returncode == 3 and "released" in status.stdout
+
+
+def test_child_killed_by_a_signal_exits_128_plus_n(tmp_path: Path) -> None:
+    done = cli(
+        "run",
+        "--store",
+        f"file://{tmp_path}",
+        "--id",
+        "a",
+        "-q",
+        "--",
+        sys.executable,
+        "-c",
+        "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+    )
+    assert done.returncode == 128 + signal.SIGKILL
+
+
+def test_restart_runs_the_child_again_under_the_same_term(tmp_path: Path, procs: Procs) -> None:
+    runs = tmp_path / "runs.txt"
+    script = f"import os; open({str(runs)!r}, 'a').write(os.environ['FASTELECT_TERM'] + '\\n')"
+    sidecar = procs.start(
+        "run",
+        "--store",
+        f"file://{tmp_path / 'store'}",
+        "--id",
+        "a",
+        "--restart",
+        "--restart-delay",
+        "0.05",
+        "--",
+        sys.executable,
+        "-c",
+        script,
+        name="a",
+    )
+    wait_for(lambda: runs.exists() and len(runs.read_text().split()) >= 3, 30, "no restarts")
+    sidecar.send_signal(signal.SIGTERM)
+    assert sidecar.wait(timeout=10) == 0
+    assert set(runs.read_text().split()) == {"1"}
+
+
+@pytest.mark.slow
+def test_lease_running_out_without_renewal_stops_the_child_before_the_deadline(
+    tmp_path: Path, procs: Procs, child_script: Path
+) -> None:
+    # Renewals fail while the test holds the store's write lock (FileStorage
+    # serialises writers with flock), so the lease runs out with the sidecar
+    # alive and well: its guard must SIGTERM the child, then SIGKILL it (the
+    # child ignores SIGTERM) before the deadline.
+    lease, freq, margin = 1.0, 0.2, 0.1
+    store_dir = tmp_path / "store"
+    out = tmp_path / "out.txt"
+    sidecar = procs.start(
+        "run",
+        "--store",
+        f"file://{store_dir}",
+        "--id",
+        "a",
+        "--leader-timeout",
+        str(lease),
+        "--frequent-interval",
+        str(freq),
+        "--safety-margin",
+        str(margin),
+        "--grace",
+        "5",
+        "--",
+        sys.executable,
+        str(child_script),
+        str(out),
+        "ignore-term",
+        name="a",
+    )
+    first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
+    lock_file = store_dir / ".leader.json.lock"
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        t_lock = time.monotonic()
+        # Every renewal sent after t_lock fails, so the deadline is at most
+        # t_lock + T - margin (the last renewal was sent before t_lock).
+        deadline_bound = t_lock + lease - margin
+        wait_for(lambda: pid_gone(first.pid), lease + 2, "the child outlived the lease")
+        time.sleep(0.1)
+    finally:
+        os.close(fd)
+    lines = [x for x in read_lines(out) if x.pid == first.pid]
+    terms = [x for x in lines if x.kind == "TERM"]
+    assert terms, "the child never got SIGTERM"
+    # SIGTERM came well before the deadline (T - margin - F) / 2 = 0.35 s ahead,
+    # and the child (ignoring it) was SIGKILLed before the deadline.
+    assert terms[0].t < deadline_bound - 0.2
+    assert lines[-1].t < deadline_bound + 0.01
+    assert sidecar.poll() is None  # the sidecar lives on and campaigns again
+    sidecar.send_signal(signal.SIGTERM)
+    assert sidecar.wait(timeout=10) == 0
+    assert "about to run out without a renewal" in procs.log("a")
+
+
+def test_shm_publishes_the_leadership_to_the_child_and_other_processes(
+    tmp_path: Path, procs: Procs
+) -> None:
+    name = f"cli-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    report = tmp_path / "report.txt"
+    script = (
+        "import os, time, fastelect\n"
+        "reader = fastelect.attach(os.environ['FASTELECT_SHM'])\n"
+        f"open({str(report)!r}, 'w').write(str(reader.is_leader('default')))\n"
+        "time.sleep(60)\n"
+    )
+    sidecar = procs.start(
+        "run",
+        "--store",
+        f"file://{tmp_path / 'store'}",
+        "--id",
+        "a",
+        "--shm",
+        name,
+        "--",
+        sys.executable,
+        "-c",
+        script,
+        name="a",
+    )
+    wait_for(lambda: report.exists() and report.read_text(), 30, "the child never reported")
+    assert report.read_text() == "True"
+    from fastelect import attach
+
+    with attach(name) as reader:
+        assert reader.is_leader("default")
+        sidecar.send_signal(signal.SIGTERM)
+        assert sidecar.wait(timeout=10) == 0
+        assert not reader.is_leader("default") and reader.closed
+    assert not Path(f"/dev/shm/fastelect.{name}").exists()
+
+
+def test_health_endpoint_is_served_while_leading(tmp_path: Path, procs: Procs) -> None:
+    health = pytest.importorskip("fastelect.health")
+    if not hasattr(health, "HealthServer"):
+        pytest.skip("fastelect.health.HealthServer is not in this build yet")
+    tls = tmp_path / "tls"
+    assert cli("certs", "--out", str(tls), "--ip", "127.0.0.1").returncode == 0
+    port = free_port()
+    sidecar = procs.start(
+        "run",
+        "--store",
+        f"file://{tmp_path / 'store'}",
+        "--id",
+        "a",
+        "--health-bind",
+        f"127.0.0.1:{port}",
+        "--tls-cert",
+        str(tls / "server-cert.pem"),
+        "--tls-key",
+        str(tls / "server-key.pem"),
+        name="a",
+    )
+    context = ssl.create_default_context(cafile=str(tls / "ca-cert.pem"))
+    url = f"https://127.0.0.1:{port}/health/leadership"
+
+    def leader_answer() -> dict[str, Any] | None:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, context=context, timeout=1) as response,
+        ):
+            if response.status == 200:
+                answer: dict[str, Any] = json.load(response)
+                return answer
+        return None
+
+    answer = wait_for(leader_answer, 30, "the health endpoint never said leader")
+    assert answer["leaderID"] == "a" and answer["term"] == 1
+    sidecar.send_signal(signal.SIGTERM)
+    assert sidecar.wait(timeout=15) == 0
+
+
+# -- status -----------------------------------------------------------------------------
+
+
+def test_status_exit_codes(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    store = f"file://{store_dir}"
+    # No record: exit 3.
+    done = cli("status", "--store", store)
+    assert done.returncode == 3 and "no record" in done.stdout
+    # A record nobody renewed for longer than its lease: exit 3, "expired".
+    (store_dir / "leader.json").write_bytes(
+        encode_record("gone", "10.0.0.9:8443", time.time_ns() - 60 * 10**9, 4, 15000, 9)
+    )
+    done = cli("status", "--store", store, "--json")
+    assert done.returncode == 3
+    info = json.loads(done.stdout)
+    assert info["state"] == "expired" and info["leader_id"] == "gone" and info["term"] == 4
+    # A fresh one: exit 0.
+    (store_dir / "leader.json").write_bytes(
+        encode_record("live", "10.0.0.5:8443", time.time_ns(), 5, 15000, 10)
+    )
+    done = cli("status", "--store", store)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"leader:\s+live", done.stdout) and re.search(r"term:\s+5", done.stdout)
+    assert "10.0.0.5:8443" in done.stdout
+    # Garbage: one clean error line.
+    (store_dir / "leader.json").write_bytes(b"{not json")
+    done = cli("status", "--store", store)
+    assert done.returncode == 1 and done.stderr.count("\n") == 1
+    assert "unreadable" in done.stderr
+
+
+# -- certs ------------------------------------------------------------------------------
+
+
+def test_certs_verify_with_openssl_and_are_private(tmp_path: Path) -> None:
+    out = tmp_path / "tls"
+    done = cli("certs", "--out", str(out), "--ip", "10.0.0.5", "--dns", "node1")
+    assert done.returncode == 0, done.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == ["ca-cert.pem", "ca-key.pem", "server-cert.pem", "server-key.pem"]
+    for path in out.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
+    assert out.stat().st_mode & 0o777 == 0o700
+    verify = subprocess.run(
+        [OPENSSL, "verify", "-CAfile", str(out / "ca-cert.pem"), str(out / "server-cert.pem")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert verify.returncode == 0 and verify.stdout.strip().endswith(": OK"), verify.stderr
+    sans = subprocess.run(
+        [OPENSSL, "x509", "-noout", "-ext", "subjectAltName", "-in", str(out / "server-cert.pem")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    assert "IP Address:10.0.0.5" in sans and "DNS:node1" in sans
+
+    # Existing files are not overwritten without --force.
+    again = cli("certs", "--out", str(out), "--dns", "node1")
+    assert again.returncode == 1 and again.stderr.count("\n") == 1
+    assert "--force" in again.stderr
+
+    # The same CA signs a second node's certificate.
+    node2 = tmp_path / "node2"
+    done = cli(
+        "certs",
+        "--out",
+        str(node2),
+        "--dns",
+        "node2",
+        "--ca-cert",
+        str(out / "ca-cert.pem"),
+        "--ca-key",
+        str(out / "ca-key.pem"),
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in node2.iterdir()) == ["server-cert.pem", "server-key.pem"]
+    verify = subprocess.run(
+        [OPENSSL, "verify", "-CAfile", str(out / "ca-cert.pem"), str(node2 / "server-cert.pem")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert verify.returncode == 0, verify.stderr
+
+
+# -- bad input: one clean line ------------------------------------------------------------
+
+
+def assert_one_clean_line(done: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert done.returncode not in (0, 3), done
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("fastelect: error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("store", "needle"),
+    [
+        ("ftp://bucket/x", "unsupported scheme 'ftp'"),
+        ("bucket/prefix", "missing scheme"),
+        ("s3://", "missing bucket"),
+        ("s3:///prefix", "missing bucket"),
+        ("s3://bucket/p?bogus=1", "unknown parameter 'bogus'"),
+        ("s3://bucket/p?endpoint_url=localhost:9000", "endpoint_url must be http(s)"),
+        ("s3://key:secret@bucket/p", "cannot hold credentials"),
+        ("s3://bucket/p?timeout=-1", "timeout must be positive"),
+        ("file://relative/dir", "absolute path"),
+        ("file:///", "needs a directory"),
+        ("memory://", "only 'fastelect demo'"),
+    ],
+)
+def test_bad_store_urls(store: str, needle: str) -> None:
+    assert_one_clean_line(cli("status", "--store", store), needle)
+
+
+def test_bad_urls_fail_run_before_anything_starts(tmp_path: Path) -> None:
+    done = cli("run", "--store", "memory://", "--id", "a", "--", "true")
+    assert_one_clean_line(done, "memory://")
+    done = cli("run", "--store", "gopher://x", "--id", "a", "--", "true")
+    assert_one_clean_line(done, "unsupported scheme")
+
+
+def test_missing_directory_and_bad_timings(tmp_path: Path) -> None:
+    done = cli("status", "--store", f"file://{tmp_path / 'nope'}")
+    assert_one_clean_line(done, "does not exist")
+    done = cli(
+        "run",
+        "--store",
+        f"file://{tmp_path}",
+        "--id",
+        "a",
+        "--leader-timeout",
+        "1",
+        "--frequent-interval",
+        "2",
+        "--",
+        "true",
+    )
+    assert_one_clean_line(done, "--frequent-interval")
+
+
+def test_unreachable_endpoint(tmp_path: Path) -> None:
+    store = s3_url(f"http://127.0.0.1:{free_port()}", "bucket")
+    assert_one_clean_line(cli("status", "--store", store), "127.0.0.1")
+    done = cli("run", "--store", store, "--id", "a", "--", "true")
+    assert_one_clean_line(done, "127.0.0.1")
+
+
+@pytest.mark.s3
+def test_missing_bucket(moto_server: str) -> None:
+    store = s3_url(moto_server, f"no-such-bucket-{uuid.uuid4().hex[:8]}")
+    assert_one_clean_line(cli("status", "--store", store), "does not exist")
+    done = cli("run", "--store", store, "--id", "a", "--", "true")
+    assert_one_clean_line(done, "does not exist")
+    done = cli("demo", "--store", store)  # checked before any node starts
+    assert_one_clean_line(done, "does not exist")
+
+
+@pytest.mark.s3
+def test_wrong_credentials(moto_auth_server: MotoAuth) -> None:
+    store = s3_url(moto_auth_server.url, moto_auth_server.bucket)
+    for key_id, secret in (moto_auth_server.denied, ("AKIAUNKNOWN000000000", "wrong")):
+        env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+        assert_one_clean_line(cli("status", "--store", store, env=env), "credentials")
+        done = cli("run", "--store", store, "--id", "a", "--", "true", env=env)
+        assert_one_clean_line(done, "credentials")
+    # The allowed user gets through (no record yet: exit 3).
+    key_id, secret = moto_auth_server.allowed
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret}
+    done = cli("status", "--store", store, env=env)
+    assert done.returncode == 3, done.stderr
+
+
+def test_bad_certificate_files(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    done = cli(
+        "run",
+        "--store",
+        f"file://{tmp_path}",
+        "--id",
+        "a",
+        "--health-bind",
+        "127.0.0.1:0",
+        "--tls-cert",
+        str(junk),
+        "--tls-key",
+        str(junk),
+    )
+    assert_one_clean_line(done, "junk.pem")
