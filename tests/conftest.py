@@ -53,6 +53,16 @@ def pytest_asyncio_loop_factories(
     return _LOOP_FACTORIES
 
 
+_S3_FIXTURES = frozenset({"moto_server", "moto_auth_server", "s3_bucket", "s3_storage"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that needs the moto server ``s3``, so ``-m "not s3"`` works."""
+    for item in items:
+        if _S3_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.s3)
+
+
 @pytest.fixture(autouse=True)
 def _no_loop_errors() -> Iterator[None]:
     """Fail a test if its event loop reported an unhandled exception."""

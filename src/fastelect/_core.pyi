@@ -1,0 +1,258 @@
+# Hand-written type stub for the compiled core (src/fastelect/_core.pyx).
+#
+# Keep it in step with the .pyx: every public name, with the argument names
+# and defaults Cython exposes.  Integers the core returns through ``readonly``
+# attributes or ``def`` methods are plain ints (compare them with the enums,
+# which are IntEnums); durations and instants are CLOCK_MONOTONIC nanoseconds
+# unless a name says ``wall``.
+
+from enum import IntEnum
+from types import TracebackType
+from typing import Any, Final, Self
+
+from typing_extensions import disjoint_base
+
+__all__ = [
+    "ACTION_NAMES",
+    "HEADER_SIZE",
+    "LAYOUT_VERSION",
+    "SLOT_SIZE",
+    "Campaign",
+    "LeadershipTable",
+    "Slot",
+    "TableReader",
+    "attach",
+    "monotonic_ns",
+]
+
+class Role(IntEnum):
+    FOLLOWER = 0
+    LEADER = 1
+    STOPPED = 2
+
+class Action(IntEnum):
+    WAIT = 0
+    READ = 1
+    CREATE = 2
+    TAKEOVER = 3
+    RENEW = 4
+    PEER_CHECK = 5
+    RELEASE = 6
+
+class Event(IntEnum):
+    EV_ACQUIRED = 1
+    EV_LOST = 2
+    EV_NEW_LEADER = 4
+    EV_CYCLE = 8
+
+class Counter(IntEnum):
+    C_RENEWALS = 0
+    C_FAILED_WRITES = 1
+    C_TRANSITIONS = 2
+    C_PEER_CHECKS = 3
+    C_PEER_FAILURES = 4
+    C_READS = 5
+    C_RECORD_ERRORS = 6
+    C_ACQUISITIONS = 7
+    C_LOSSES = 8
+    C_WRITES = 9
+    C_STORAGE_ERRORS = 10
+    C_CONFLICTS = 11
+
+class SlotState(IntEnum):
+    SLOT_FREE = 0
+    SLOT_STARTED = 1
+    SLOT_STOPPED = 2
+
+#: Counter names in Counter order (the keys of a status dict's "counters").
+COUNTER_NAMES: Final[tuple[str, ...]]
+#: Action names in Action order, for logs.
+ACTION_NAMES: Final[tuple[str, ...]]
+#: Role names in Role order ("follower", "leader", "stopped").
+ROLE_NAMES: Final[tuple[str, ...]]
+
+#: The table layout this build reads and writes.
+LAYOUT_VERSION: Final[int]
+#: Size of the table header in bytes (128).
+HEADER_SIZE: Final[int]
+#: Size of one slot in bytes (1024).
+SLOT_SIZE: Final[int]
+#: Longest server id / leader id / address / etag a slot stores, in UTF-8 bytes.
+MAX_ID_BYTES: Final[int]
+#: Longest election name, in UTF-8 bytes.
+MAX_ELECTION_NAME_BYTES: Final[int]
+
+def monotonic_ns() -> int:
+    """CLOCK_MONOTONIC in nanoseconds: the clock every deadline is measured on."""
+
+def shm_path(name: str) -> str:
+    """Where a named table lives on Linux (for tests and operators)."""
+
+def attach(name: str) -> TableReader:
+    """Map the named leadership table read-only; raises if it does not exist."""
+
+# cdef classes have a C layout of their own: nothing can inherit from two of them.
+@disjoint_base
+class LeadershipTable:
+    """The leadership table this process writes: one slot per election."""
+
+    @property
+    def name(self) -> str | None: ...
+    def __init__(self, name: str | None = None, slots: int = 8) -> None: ...
+    @property
+    def slot_count(self) -> int: ...
+    @property
+    def path(self) -> str | None: ...
+    def slot(self, election: str, server_id: str = "") -> Slot: ...
+    def reader(self) -> TableReader: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+@disjoint_base
+class Slot:
+    """This process's slot for one election; written only by its Campaign."""
+
+    @property
+    def election(self) -> str: ...
+    @property
+    def index(self) -> int: ...
+    def is_leader(self) -> bool: ...
+    def lease_remaining_ns(self) -> int: ...
+    def status(self) -> dict[str, Any]:
+        """Keys: election, state, role, lease_until_ns, deadline_ns, term, lease_ns,
+        last_update_wall_ns, last_cycle_mono_ns, watchdog_ns, leader_since_mono_ns,
+        server_id, leader_id, leader_addr, etag, counters (a dict by COUNTER_NAMES)."""
+    def heartbeat(self, now_ns: int, watchdog_ns: int) -> None: ...
+    def count(self, counter: int) -> None: ...
+    def release_slot(self) -> None: ...
+    def restart_slot(self) -> None: ...
+
+@disjoint_base
+class TableReader:
+    """Read-only view of a leadership table, in this or another process."""
+
+    @property
+    def name(self) -> str | None: ...
+    def is_leader(self, election: str = "default") -> bool: ...
+    def status(self, election: str = "default") -> dict[str, Any] | None: ...
+    def elections(self) -> list[str]: ...
+    @property
+    def owner_pid(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def stale(self) -> bool: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+@disjoint_base
+class Campaign:
+    """One elector's state machine (see the .pyx for the driver loop)."""
+
+    # Read-only state.  ``role``, ``next_action`` and ``pending_kind`` are
+    # plain ints holding Role / Action values.
+    @property
+    def server_id(self) -> str: ...
+    @property
+    def server_addr(self) -> str: ...
+    @property
+    def role(self) -> int: ...
+    @property
+    def deadline_ns(self) -> int: ...
+    @property
+    def term(self) -> int: ...
+    @property
+    def etag(self) -> str: ...
+    @property
+    def pending_kind(self) -> int: ...
+    @property
+    def obs_etag(self) -> str: ...
+    @property
+    def leader_id(self) -> str: ...
+    @property
+    def leader_addr(self) -> str: ...
+    @property
+    def leader_since_ns(self) -> int: ...
+    @property
+    def max_term_seen(self) -> int: ...
+    @property
+    def last_seen_alive_ns(self) -> int: ...
+    @property
+    def next_action(self) -> int: ...
+    @property
+    def next_at_ns(self) -> int: ...
+    @property
+    def consecutive_fails(self) -> int: ...
+    @property
+    def last_election_ns(self) -> int: ...
+    @property
+    def cycles(self) -> int: ...
+    @property
+    def observed_term(self) -> int: ...
+    @property
+    def stable(self) -> bool: ...
+    def __init__(
+        self,
+        slot: Slot,
+        server_id: str,
+        server_addr: str,
+        lease_ns: int,
+        frequent_ns: int,
+        infrequent_ns: int,
+        margin_ns: int,
+        max_skew_ns: int = -1,
+        peer_mode: bool = False,
+        now_ns: int = 0,
+    ) -> None: ...
+    def configure(
+        self,
+        lease_ns: int,
+        frequent_ns: int,
+        infrequent_ns: int,
+        margin_ns: int,
+        max_skew_ns: int = -1,
+        peer_mode: bool = False,
+    ) -> None: ...
+    def set_peer_mode(self, enabled: bool) -> None: ...
+    def is_leader(self, now_ns: int) -> bool: ...
+    def take_events(self) -> int: ...
+    def takeover_legal_at(self) -> int: ...
+    def poll(self, now_ns: int) -> int: ...
+    def begin_write(self, now_ns: int) -> tuple[str, int, int, bool]:
+        """``(if_match, term, renewal, released)``; ``if_match == ""`` creates."""
+    def write_succeeded(self, now_ns: int, new_etag: str, wall_ns: int = 0) -> None: ...
+    def write_conflicted(self, now_ns: int) -> None: ...
+    def write_failed(self, now_ns: int) -> None: ...
+    def read_failed(self, now_ns: int) -> None: ...
+    def observe_missing(self, now_ns: int) -> None: ...
+    def observe_garbage(self, now_ns: int, etag: str) -> None: ...
+    def observe_record(
+        self,
+        now_ns: int,
+        wall_now_ns: int,
+        etag: str,
+        leader_id: str,
+        leader_addr: str,
+        term: int,
+        lease_ms: int,
+        renewal: int,
+        released: bool,
+        updated_wall_ns: int,
+    ) -> None: ...
+    def observe_peer(self, now_ns: int, ok: bool, leader_id: str = "", etag: str = "") -> None: ...
+    def begin_release(self, now_ns: int) -> bool: ...
+    def step_down(self, now_ns: int) -> None: ...
+    def stop(self, now_ns: int) -> None: ...
+    def restart(self, now_ns: int) -> None: ...
