@@ -25,6 +25,8 @@ def test_defaults_follow_s3lect() -> None:
     assert cfg.safety_margin == 1.5
     assert cfg.max_clock_skew is None
     assert cfg.hook_timeout == 15.0 and cfg.storage_timeout == 2.0
+    # Short leases get a proportionate storage bound, not one frequent interval.
+    assert make(frequent_interval=0.05, leader_timeout=1.5).storage_timeout == 0.5
 
 
 def test_timedelta_and_seconds_are_equivalent() -> None:

@@ -169,11 +169,14 @@ async def test_blocked_loop_cannot_keep_a_failing_leader_leading() -> None:
         # Block the event loop well past the lease: no Python code of the elector runs.
         blocking.set()
         time.sleep(T * 1.5)
+        unblocked = monotonic_ns()
         watcher.join(5)
         assert seen_false_at, "is_leader() never turned False"
-        # The compiled check turned False at the deadline, while the loop was blocked.
+        # The compiled check turned False at the deadline, while the loop was
+        # still blocked (allowance: the OS scheduling the watcher thread).
         late_ms = (seen_false_at[0] - deadline) / 1e6
-        assert 0 <= late_ms < 5, late_ms
+        assert 0 <= late_ms < 50, late_ms
+        assert seen_false_at[0] < unblocked
         # Deadline could only come from a successful renewal; none succeeded since.
         assert elector.slot.status()["deadline_ns"] == deadline
     finally:

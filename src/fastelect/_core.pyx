@@ -325,7 +325,7 @@ cdef class LeadershipTable:
         if not election or len(election.encode()) > FE_STR_SHORT - 2:
             raise ValueError(f"election name must be 1-{FE_STR_SHORT - 2} bytes")
         cdef int index = len(self._slots)
-        if index >= self._map.header().slot_count:
+        if <uint32_t>index >= self._map.header().slot_count:
             raise FastelectError(f"leadership table is full ({index} elections)")
         cdef Slot s = Slot.__new__(Slot)
         s._map = self._map
@@ -774,7 +774,7 @@ cdef class Campaign:
         self.obs_renewals_seen = 0
         self.leader_since_ns = now_ns
         self._publish_observation()
-        self.events |= EV_CYCLE
+        # Not a completed cycle yet: the create that follows decides who leads.
         self._schedule(CREATE, now_ns)
 
     def observe_garbage(self, int64_t now_ns, str etag):

@@ -94,7 +94,8 @@ class ElectorConfig:
     max_clock_skew: Duration | None = None
     #: Bound on each hook call. Default None = leader_timeout.
     hook_timeout: Duration | None = None
-    #: Bound on each storage call. Default None = min(frequent_interval, 2 s).
+    #: Bound on each storage call. Default None = min(2 s, leader_timeout / 3);
+    #: a leader's writes are further bounded by what is left of its lease.
     storage_timeout: Duration | None = None
 
     def __post_init__(self) -> None:
@@ -146,7 +147,8 @@ class ElectorConfig:
         if hook_timeout <= 0:
             raise ConfigError("hook_timeout", f"must be positive, not {hook_timeout}")
         self.hook_timeout = hook_timeout
-        storage_timeout = min(freq, 2.0) if self.storage_timeout is None else self.storage_timeout
+        default_timeout = min(2.0, lease / 3)
+        storage_timeout = default_timeout if self.storage_timeout is None else self.storage_timeout
         storage_timeout = to_seconds("storage_timeout", storage_timeout)
         if storage_timeout <= 0:
             raise ConfigError("storage_timeout", f"must be positive, not {storage_timeout}")

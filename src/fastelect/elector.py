@@ -77,6 +77,11 @@ class LeadershipStatus:
     term: int
 
 
+def _wake_up(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 def _mono_to_wall(mono_ns: int) -> datetime | None:
     if mono_ns <= 0:
         return None
@@ -132,7 +137,9 @@ class Elector:
         self._hooks_task: asyncio.Task[None] | None = None
         self._hooks: asyncio.Queue[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] | None
         self._hooks = None
-        self._wake: asyncio.Event | None = None
+        # Set by _kick(): the loop must look at the campaign again before sleeping.
+        self._kicked = False
+        self._waiter: asyncio.Future[None] | None = None
         self._leading: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._first_cycle: asyncio.Event | None = None
@@ -205,7 +212,7 @@ class Elector:
             raise LifecycleError(f"elector {self._config.server_id!r} is already running")
         await self._storage.check()
         loop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        self._kicked = False
         self._leading = asyncio.Event()
         self._changed = asyncio.Event()
         self._first_cycle = asyncio.Event()
@@ -381,8 +388,10 @@ class Elector:
     # -- the loop ------------------------------------------------------------------
 
     def _kick(self) -> None:
-        if self._wake is not None:
-            self._wake.set()
+        self._kicked = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     @property
     def _watchdog_ns(self) -> int:
@@ -422,14 +431,23 @@ class Elector:
             self._dispatch(c.take_events())
 
     async def _sleep_until(self, at_ns: int) -> None:
-        assert self._wake is not None
+        # A bare future and a timer: cheaper than asyncio.timeout, which ends
+        # every ordinary sleep by raising and catching an exception.
+        if self._kicked:
+            self._kicked = False
+            return
         delay = (at_ns - _core.monotonic_ns()) / _NS
         if delay <= 0:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(delay):
-                await self._wake.wait()
-        self._wake.clear()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(delay, _wake_up, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+            self._kicked = False
 
     def _op_timeout(self) -> float:
         timeout = float(self._config.storage_timeout)  # type: ignore[arg-type]

@@ -23,6 +23,8 @@ from .errors import TLSError
 __all__ = ["PeerAnswer", "PeerChecker"]
 
 _log = logging.getLogger(__name__)
+# A health answer is a small JSON object; anything bigger is not one.
+_MAX_ANSWER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +69,17 @@ class PeerChecker:
         if not leader_addr:
             return PeerAnswer(False, reason="the record names no leader address")
         url = f"https://{leader_addr}{path}"
+        body = bytearray()
         try:
             async with self._client().get(url) as resp:
                 if resp.status != 200:
                     return PeerAnswer(False, reason=f"HTTP {resp.status}")
-                body = await resp.content.read(64 * 1024)
+                # Read to the end (one read() may return part of the body),
+                # but never more than a health answer can reasonably be.
+                async for chunk in resp.content.iter_chunked(8192):
+                    body += chunk
+                    if len(body) > _MAX_ANSWER_BYTES:
+                        return PeerAnswer(False, reason="answer is larger than 64 KiB")
         except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
             return PeerAnswer(False, reason=f"{type(exc).__name__}: {exc}")
         try:

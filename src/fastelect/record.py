@@ -13,6 +13,7 @@ as term 0.  A released record keeps its id and term and carries the zero time
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -66,8 +67,13 @@ def format_time(unix_ns: int | None) -> str:
     if unix_ns is None:
         return ZERO_TIME
     seconds, nanos = divmod(unix_ns, 1_000_000_000)
-    stamp = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{nanos // 1000:06d}Z"
+    return f"{_format_seconds(seconds)}.{nanos // 1000:06d}Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _format_seconds(seconds: int) -> str:
+    # Renewals repeat the same second many times; strftime is most of the cost.
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_time(text: str) -> int | None:
