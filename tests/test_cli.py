@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -136,8 +137,25 @@ class Procs:
     def cleanup(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGCONT)  # a test may have frozen it
                 proc.kill()
             proc.wait(timeout=30)
+            remove_stale_table(f"run-{proc.pid}")
+
+
+def remove_stale_table(name: str) -> None:
+    """Remove the leadership table a SIGKILLed sidecar left in /dev/shm (if its owner is gone)."""
+    from fastelect import FastelectError, attach
+    from fastelect._core import shm_path
+
+    try:
+        reader = attach(name)
+    except FastelectError:
+        return  # none (the sidecar stopped cleanly and removed it)
+    with reader:
+        if reader.stale:
+            Path(shm_path(name)).unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -411,7 +429,9 @@ def test_lease_running_out_without_renewal_stops_the_child_before_the_deadline(
         os.close(fd)
     lines = [x for x in read_lines(out) if x.pid == first.pid]
     terms = [x for x in lines if x.kind == "TERM"]
-    assert terms, "the child never got SIGTERM"
+    # Exactly one SIGTERM (from the watchdog, or the guard thread off Linux):
+    # the sidecar, seeing the lease end, does not send a second one.
+    assert len(terms) == 1, "the child never got SIGTERM, or got two"
     # SIGTERM came well before the deadline (T - margin - F) / 2 = 0.35 s ahead,
     # and the child (ignoring it) was SIGKILLed before the deadline.
     assert terms[0].t < deadline_bound - 0.2
@@ -497,6 +517,312 @@ def test_health_endpoint_is_served_while_leading(tmp_path: Path, procs: Procs) -
     assert answer["leaderID"] == "a" and answer["term"] == 1
     sidecar.send_signal(signal.SIGTERM)
     assert sidecar.wait(timeout=15) == 0
+
+
+# -- run: the lease watchdog ------------------------------------------------------------
+
+linux_only = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the watchdog process is Linux-only"
+)
+
+
+def proc_state(pid: int) -> str:
+    """The one-letter state of ``pid`` ("T" when stopped), "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def watchdogs_of(sidecar: int) -> list[tuple[int, str]]:
+    """``(pid, command line)`` of the live lease watchdogs ``sidecar`` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (entry / "cmdline").read_text().replace("\0", " ")
+        except OSError:
+            continue
+        if int(stat[1]) == sidecar and stat[0] not in "ZX" and "_watchdog.py" in cmdline:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def freeze_outside_the_store_lock(pid: int, lock_file: Path) -> None:
+    """SIGSTOP ``pid`` at a moment it does not hold FileStorage's write lock.
+
+    Frozen holding it (mid-renewal), it would block every other writer of the
+    store until resumed: safe, but then nobody could take over.
+    """
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        for _ in range(100):
+            os.kill(pid, signal.SIGSTOP)
+            wait_for(lambda: proc_state(pid) == "T", 5, "the sidecar did not stop")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.kill(pid, signal.SIGCONT)  # caught mid-write: let it finish
+                time.sleep(0.005)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+    finally:
+        os.close(fd)
+    raise AssertionError("the sidecar always held the store lock")
+
+
+def lease_deadline(table: str, bound: float) -> float:
+    """The lease deadline (CLOCK_MONOTONIC s) the table shows, at most ``bound``."""
+    from fastelect import FastelectError, attach
+
+    with attach(table) as reader:
+        for _ in range(100):
+            try:
+                status = reader.status("default")
+            except FastelectError:  # a writer frozen mid-update: keep the bound
+                time.sleep(0.001)
+                continue
+            assert status is not None and status["role"] == "leader"
+            deadline = float(status["lease_until_ns"]) / 1e9
+            assert deadline <= bound
+            return deadline
+    return bound
+
+
+def test_stop_schedule_is_the_rule_both_enforcers_follow() -> None:
+    from fastelect.cli._watchdog import StopSchedule, stop_leads
+
+    # SIGTERM half the renewal slack (T - margin - F) / 2 ahead, bounded by the
+    # grace; SIGKILL 50 ms ahead, never before the SIGTERM.
+    assert stop_leads(1.0, 0.2, 0.1, 5.0) == (350_000_000, 50_000_000)
+    assert stop_leads(15.0, 5.0, 1.5, 10.0) == (4_250_000_000, 50_000_000)
+    assert stop_leads(15.0, 5.0, 1.5, 0.01) == (10_000_000, 10_000_000)
+    assert stop_leads(1.0, 0.9, 0.1, 5.0) == (0, 0)
+
+    schedule = StopSchedule(300, 50)
+    assert schedule.step(0, 1000) == 0 and schedule.next_check_ns() == 700
+    assert schedule.step(700, 1500) == 0 and schedule.next_check_ns() == 1200  # renewed
+    # The lease is gone from the table: the last deadline seen still stands.
+    assert schedule.step(1200, 0) == signal.SIGTERM and schedule.next_check_ns() == 1450
+    assert schedule.step(1300, 0) == 0  # one SIGTERM only
+    assert schedule.step(1450, 0) == signal.SIGKILL
+    # Never saw a lease: SIGKILL at once.  Past the kill threshold: no SIGTERM first.
+    assert StopSchedule(300, 50).step(5, 0) == signal.SIGKILL
+    assert StopSchedule(300, 50).step(960, 1000) == signal.SIGKILL
+    # Told that someone else sent SIGTERM: only the SIGKILL is left to send.
+    told = StopSchedule(300, 50)
+    told.termed = True
+    assert told.step(800, 1000) == 0 and told.next_check_ns() == 950
+    with pytest.raises(ValueError):
+        StopSchedule(50, 300)
+
+
+@linux_only
+def test_a_child_never_starts_when_the_watchdog_sees_no_lease(tmp_path: Path) -> None:
+    # The exec helper registers with the watchdog before it runs the command;
+    # with no live lease in the table the watchdog refuses and nothing runs.
+    # (This test process plays the sidecar: it owns the table and both children.)
+    import socket
+
+    import fastelect
+    from fastelect import LeadershipTable
+    from fastelect.cli._child import LAUNCHER
+    from fastelect.cli._watchdog import watchdog_argv
+
+    marker = tmp_path / "ran"
+    name = f"wd-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    ours, theirs = socket.socketpair()
+    with LeadershipTable(name, slots=1) as table, ours:
+        table.slot("default", "a")  # a follower: no lease
+        argv = watchdog_argv(
+            parent=os.getpid(),
+            package_path=list(fastelect.__path__),
+            table=name,
+            election="default",
+            term=1,
+            term_lead_ns=350_000_000,
+            kill_lead_ns=50_000_000,
+            register_fd=theirs.fileno(),
+        )
+        watchdog = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            pass_fds=(theirs.fileno(),),
+            start_new_session=True,
+        )
+        theirs.close()
+        try:
+            assert watchdog.stdout is not None
+            assert watchdog.stdout.readline() == b"ready\n"
+            launch = [sys.executable, "-I", "-S", str(LAUNCHER), str(os.getpid())]
+            helper = subprocess.run(
+                [*launch, str(ours.fileno()), "touch", str(marker)],
+                pass_fds=(ours.fileno(),),
+                start_new_session=True,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert helper.returncode == 126
+            assert "lease ran out before the command could start" in helper.stderr
+            assert not marker.exists()
+            assert watchdog.wait(timeout=10) == 0
+            assert watchdog.stdout.read().startswith(b"refused ")
+        finally:
+            if watchdog.poll() is None:
+                watchdog.kill()
+            watchdog.wait(timeout=10)
+            for stream in (watchdog.stdin, watchdog.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+@pytest.mark.slow
+@linux_only
+def test_watchdog_stops_the_child_of_a_frozen_sidecar_by_the_deadline(
+    tmp_path: Path, procs: Procs, child_script: Path
+) -> None:
+    # SIGSTOP freezes the whole sidecar (elector, event loop, guard threads)
+    # while its child, in a session of its own, runs on.  Only the watchdog
+    # process can stop it now: SIGTERM 0.35 s ahead (ignored by this child),
+    # SIGKILL 50 ms before the deadline the frozen sidecar last published.
+    lease, freq, margin = 1.0, 0.2, 0.1
+    store = f"file://{tmp_path / 'store'}"
+    timing = [
+        "--leader-timeout",
+        str(lease),
+        "--frequent-interval",
+        str(freq),
+        "--infrequent-interval",
+        str(freq),
+        "--safety-margin",
+        str(margin),
+        "--grace",
+        "5",
+    ]
+    out = tmp_path / "out.txt"
+    a = procs.start(*sidecar_args(store, "a", out, child_script, *timing), "ignore-term", name="a")
+    first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
+    assert first.leader == "a"
+    b = procs.start(*sidecar_args(store, "b", out, child_script, *timing), name="b")
+    wait_for(lambda: "campaigning" in procs.log("b"), 30, "b never started campaigning")
+    [(watchdog, cmdline)] = wait_for(lambda: watchdogs_of(a.pid), 10, "no watchdog")
+    assert f"--table run-{a.pid} " in cmdline and f"--term {first.term} " in cmdline
+    try:
+        freeze_outside_the_store_lock(a.pid, tmp_path / "store" / ".leader.json.lock")
+        t_stopped = time.monotonic()
+        # Frozen, it can renew no more: its last write was sent before now.
+        deadline = lease_deadline(f"run-{a.pid}", t_stopped + lease - margin)
+        assert deadline > t_stopped, "the lease ran out before the freeze took hold"
+
+        wait_for(lambda: pid_gone(first.pid), lease + 2, "the child outlived the lease")
+        t_dead = time.monotonic()
+        assert t_dead <= deadline + 0.1, f"child died {t_dead - deadline:.3f} s after the deadline"
+        lines = [x for x in read_lines(out) if x.pid == first.pid]
+        terms = [x for x in lines if x.kind == "TERM"]
+        assert terms and terms[0].t < deadline - 0.2, "no SIGTERM well ahead of the deadline"
+        assert lines[-1].t < deadline, "the child still ran at the deadline"
+        # Its job done, the watchdog exits (a zombie until the sidecar resumes).
+        wait_for(lambda: pid_gone(watchdog), 2, "the watchdog lingered")
+        assert proc_state(a.pid) == "T"  # all of this while the sidecar stayed frozen
+
+        # The other sidecar takes over once the lease is over, never before.
+        takeover = wait_for(
+            lambda: next((x for x in read_lines(out) if x.leader == "b"), None),
+            lease + freq + 10,
+            "b never took over",
+        )
+        assert takeover.t > deadline and takeover.term > first.term
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(a.pid, signal.SIGCONT)
+
+    # Resumed, the sidecar finds its lease gone and campaigns on as a follower.
+    time.sleep(5 * freq)
+    assert a.poll() is None and b.poll() is None
+    blocks = assert_exclusive(read_lines(out))
+    assert [leader for leader, _, _ in blocks] == ["a", "b"]
+    for proc in (a, b):
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    assert "about to run out without a renewal" in procs.log("a")
+    assert pid_gone(takeover.pid)
+
+
+@pytest.mark.slow
+@linux_only
+def test_watchdog_leaves_a_renewing_leaders_child_alone(
+    tmp_path: Path, procs: Procs, child_script: Path
+) -> None:
+    lease, freq, margin = 1.0, 0.2, 0.1
+    out = tmp_path / "out.txt"
+    timing = [
+        "--leader-timeout",
+        str(lease),
+        "--frequent-interval",
+        str(freq),
+        "--safety-margin",
+        str(margin),
+        "--grace",
+        "0.5",
+    ]
+    store = f"file://{tmp_path / 'store'}"
+    sidecar = procs.start(
+        *sidecar_args(store, "a", out, child_script, *timing), "ignore-term", name="a"
+    )
+    first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
+    [(watchdog, _)] = wait_for(lambda: watchdogs_of(sidecar.pid), 10, "no watchdog")
+    table = Path(f"/dev/shm/fastelect.run-{sidecar.pid}")
+    assert table.exists() and table.stat().st_mode & 0o777 == 0o600
+
+    time.sleep(5 * lease)  # many renewals, each moving the watchdog's deadline on
+    assert not pid_gone(first.pid) and not pid_gone(watchdog)
+    lines = read_lines(out)
+    assert {x.pid for x in lines} == {first.pid}
+    assert [x for x in lines if x.kind != "beat"] == lines[:1]  # "start", then beats only
+    beats = [x.t for x in lines]
+    assert max(b - a for a, b in itertools.pairwise(beats)) < 0.5
+
+    sidecar.send_signal(signal.SIGTERM)
+    assert sidecar.wait(timeout=15) == 0
+    assert pid_gone(first.pid) and pid_gone(watchdog)
+    # One SIGTERM, from the sidecar (then SIGKILL after the grace: this child
+    # ignores it); the watchdog sent none.
+    assert [x.kind for x in read_lines(out)].count("TERM") == 1
+    assert not table.exists()
+    assert "without a renewal" not in procs.log("a")
+
+
+@linux_only
+def test_a_child_whose_watchdog_dies_is_stopped_and_started_again_under_a_new_one(
+    tmp_path: Path, procs: Procs, child_script: Path
+) -> None:
+    out = tmp_path / "out.txt"
+    store = f"file://{tmp_path / 'store'}"
+    extra = ("--restart-delay", "0.1", "--grace", "1")
+    sidecar = procs.start(*sidecar_args(store, "a", out, child_script, *extra), name="a")
+    first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
+    [(watchdog, _)] = wait_for(lambda: watchdogs_of(sidecar.pid), 10, "no watchdog")
+    os.kill(watchdog, signal.SIGKILL)
+    # The child must not run unwatched: stopped at once, then a fresh pair.
+    wait_for(lambda: pid_gone(first.pid), 5, "the unwatched child ran on")
+    second = wait_for(
+        lambda: next((x for x in read_lines(out) if x.pid != first.pid), None),
+        10,
+        "the child was not started again",
+    )
+    assert second.term == first.term  # still the same leadership
+    [(new_watchdog, _)] = wait_for(lambda: watchdogs_of(sidecar.pid), 10, "no new watchdog")
+    assert new_watchdog != watchdog
+    sidecar.send_signal(signal.SIGTERM)
+    assert sidecar.wait(timeout=15) == 0
+    assert "exited unexpectedly" in procs.log("a")
+    assert pid_gone(second.pid) and pid_gone(new_watchdog)
 
 
 # -- status -----------------------------------------------------------------------------

@@ -10,14 +10,18 @@ The sidecar campaigns; while it leads it runs the command as a child
 
 * Leadership lost: SIGTERM to the child, SIGKILL after ``--grace``, campaign on.
 * The lease is about to run out without a renewal: SIGTERM; SIGKILL just
-  before the deadline, whatever ``--grace`` says (see :mod:`._child`).
+  before the deadline, whatever ``--grace`` says.  On Linux a watchdog
+  process does this, so it happens even while the sidecar itself is frozen
+  (see :mod:`._child` and :mod:`._watchdog`).
 * The child exits by itself: release the lock and exit with its status
   (128 + N if a signal N killed it), or start it again with ``--restart``.
 * SIGTERM, SIGINT or SIGHUP to the sidecar: stop the child, release, exit 0.
 * The sidecar is SIGKILLed: the kernel kills the child (PR_SET_PDEATHSIG).
 
-Without a command, with ``--shm`` or ``--health-bind``, it just campaigns
-and publishes the leadership for other processes until stopped.
+The leadership is always published in a shared-memory table (the
+watchdog reads the lease from it): ``--shm NAME``, else ``run-PID``,
+removed on stop.  Without a command, with ``--shm`` or ``--health-bind``,
+the sidecar just campaigns and publishes the leadership until stopped.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from ..elector import Elector, LeadershipLost
 from ..storage import Storage
 from ..tls import TLSCertificate
 from . import _util
-from ._child import Child, LeaseGuard, spawn
+from ._child import Child, LeaseGuard, Watchdog, spawn
+from ._watchdog import stop_leads
 from .stores import StoreSpec, parse_store_url
 
 if TYPE_CHECKING:
@@ -49,11 +54,10 @@ __all__ = ["add_parser", "command"]
 
 _log = logging.getLogger("fastelect.cli.run")
 _NS = 1_000_000_000
-# SIGKILL this long before the lease deadline, so signal delivery and the
-# guard thread's wake-up latency still land inside the lease.
-_KILL_LEAD_S = 0.05
 
-Outcome = Literal["exited", "lost", "stop"]
+# "unwatched": the lease watchdog died, so the child was stopped (it must not
+# run without one) and is started again under a new watchdog.
+Outcome = Literal["exited", "lost", "stop", "unwatched"]
 
 
 def add_parser(subparsers: Any) -> None:
@@ -150,7 +154,9 @@ def command(args: argparse.Namespace) -> int:
         args, lockfile_path=args.lock, server_id=args.server_id, server_addr=addr
     )
     cert = TLSCertificate.from_files(args.tls_cert, args.tls_key) if args.health_bind else None
-    table_name = args.shm or (f"run-{os.getpid()}" if args.health_bind else None)
+    # A command's lease watchdog reads the deadline from a named table, so
+    # there is always one then (private: mode 0600, removed on stop).
+    table_name = args.shm or (f"run-{os.getpid()}" if cmd or args.health_bind else None)
     sidecar = Sidecar(
         spec,
         config,
@@ -181,10 +187,14 @@ def _addr_from_bind(bind: str | None) -> str:
 
 @dataclass
 class _Watch:
-    """What ended a child's run."""
+    """How a child's run ended."""
 
+    child: Child
     outcome: Outcome
+    #: The signal the lease guard or watchdog sent the child (0: none).
     guard_signal: int = 0
+    #: The watchdog did not let the child start: the lease was already over.
+    refused: bool = False
 
 
 class Sidecar:
@@ -213,14 +223,11 @@ class Sidecar:
         self._health_bind = health_bind
         self._tls_cert = tls_cert
         self._stopping = asyncio.Event()
-        lease, freq = config.lease, config.frequent
-        margin = config.ns("safety_margin") / _NS
-        # SIGTERM this long before the deadline.  A leader renews every F and
-        # its lease after a renewal is T - margin, so the lease left never
-        # drops below T - margin - F while renewals land: half of that slack
-        # leaves renewals (and a retry or two) time to land before we act.
-        self._term_lead_ns = int(min(grace, max(0.0, (lease - margin - freq) / 2)) * _NS)
-        self._kill_lead_ns = min(int(_KILL_LEAD_S * _NS), self._term_lead_ns)
+        # When to SIGTERM and SIGKILL a child ahead of an unrenewed lease's
+        # deadline: the watchdog and the guard thread use the same leads.
+        self._term_lead_ns, self._kill_lead_ns = stop_leads(
+            config.lease, config.frequent, config.ns("safety_margin") / _NS, grace
+        )
 
     async def run(self) -> int:
         """Campaign and supervise until stopped or the child ends; the exit status."""
@@ -285,46 +292,22 @@ class Sidecar:
             env["FASTELECT_LOCK"] = where
             if self._table_name:
                 env["FASTELECT_SHM"] = self._table_name
-            try:
-                child = await spawn(self._command, env=env)
-            except OSError as exc:
-                raise _util.CLIError(f"cannot start {self._command[0]!r}: {exc}") from exc
-            _log.info(
-                "leader of %s (term %d): started %s as pid %d",
-                where,
-                term,
-                self._command[0],
-                child.pid,
-            )
-            loop = asyncio.get_running_loop()
-            fired = asyncio.Event()
-            # The guard bounds the child by the lease from now until it is
-            # reaped, including while it is being stopped below.
-            guard = LeaseGuard(
-                elector.slot,
-                child,
-                term_lead_ns=self._term_lead_ns,
-                kill_lead_ns=self._kill_lead_ns,
-                on_fire=_wake_from_thread(loop, fired),
-            )
-            guard.start()
-            try:
-                watch = await self._watch(elector, child, fired)
-                watch.guard_signal = guard.fired
-                if watch.outcome != "exited":
-                    why = "shutting down" if watch.outcome == "stop" else "leadership ended"
-                    _log.info("%s: stopping child %d", why, child.pid)
-                    await child.terminate(self._grace)
-            finally:
-                # Also on cancellation or error: never leave the child behind.
-                if child.returncode is None:
-                    child.send(signal.SIGKILL)
-                    await child.wait()
-                guard.stop()
-                child.close()
+            watch = await self._run_child(elector, term, where, env)
+            child = watch.child
             status = _util.exit_status(child.returncode or 0)
             if watch.outcome == "stop":
                 return _util.EXIT_OK
+            if watch.outcome == "unwatched":
+                _log.error(
+                    "the lease watchdog of child %d exited unexpectedly: child stopped; "
+                    "starting it again under a new watchdog in %.1f s",
+                    child.pid,
+                    self._restart_delay,
+                )
+                # Paced like --restart, so a watchdog that keeps dying cannot spin us.
+                if await self._sleep_or_stop(self._restart_delay):
+                    return _util.EXIT_OK
+                continue
             if watch.outcome == "lost":
                 if watch.guard_signal:
                     _log.warning(
@@ -333,6 +316,10 @@ class Sidecar:
                         term,
                         child.pid,
                         signal.Signals(watch.guard_signal).name,
+                    )
+                elif watch.refused:
+                    _log.warning(
+                        "the lease of term %d ran out before child %d could start", term, child.pid
                     )
                 else:
                     _log.info("lost leadership of %s (term %d); campaigning again", where, term)
@@ -365,13 +352,90 @@ class Sidecar:
             await asyncio.gather(lead, stop, return_exceptions=True)
         return not self._stopping.is_set() and elector.is_leader()
 
-    async def _watch(self, elector: Elector, child: Child, fired: asyncio.Event) -> _Watch:
+    async def _run_child(
+        self, elector: Elector, term: int, where: str, env: dict[str, str]
+    ) -> _Watch:
+        """Start the command under a lease enforcer; wait for its run to end; stop and reap it."""
+        loop = asyncio.get_running_loop()
+        fired = asyncio.Event()
+        watchdog: Watchdog | None = None
+        if Watchdog.AVAILABLE and self._table_name:
+            # Started first: the child registers with it before its command runs.
+            try:
+                watchdog = await Watchdog.start(
+                    table=self._table_name,
+                    election=elector.election,
+                    term=term,
+                    term_lead_ns=self._term_lead_ns,
+                    kill_lead_ns=self._kill_lead_ns,
+                )
+            except OSError as exc:
+                raise _util.CLIError(f"cannot start the lease watchdog: {exc}") from exc
+            fired = watchdog.fired
+        guard: LeaseGuard | None = None
+        try:
+            try:
+                child = await spawn(self._command, env=env, watchdog=watchdog)
+            except OSError as exc:
+                raise _util.CLIError(f"cannot start {self._command[0]!r}: {exc}") from exc
+            _log.info(
+                "leader of %s (term %d): started %s as pid %d",
+                where,
+                term,
+                self._command[0],
+                child.pid,
+            )
+            if watchdog is not None:
+                watchdog.on_signal = _note_signal(child)
+            else:
+                # No watchdog process here: a thread bounds the child by the
+                # lease from now until it is reaped, including while it is
+                # being stopped below.
+                guard = LeaseGuard(
+                    elector.slot,
+                    child,
+                    term_lead_ns=self._term_lead_ns,
+                    kill_lead_ns=self._kill_lead_ns,
+                    on_fire=_wake_from_thread(loop, fired),
+                )
+                guard.start()
+            try:
+                outcome = await self._watch(elector, child, fired, watchdog)
+                if outcome != "exited":
+                    why = {"stop": "shutting down", "unwatched": "its lease watchdog is gone"}.get(
+                        outcome, "leadership ended"
+                    )
+                    _log.info("%s: stopping child %d", why, child.pid)
+                    if watchdog is not None and not child.term_sent:
+                        watchdog.note_term()  # it must not send a second SIGTERM
+                    await child.terminate(self._grace)
+            finally:
+                # Also on cancellation or error: never leave the child behind.
+                if child.returncode is None:
+                    child.send(signal.SIGKILL)
+                    await child.wait()
+                if guard is not None:
+                    guard.stop()
+                child.close()
+        finally:
+            if watchdog is not None:
+                await watchdog.stop()
+        if guard is not None:
+            return _Watch(child, outcome, guard.fired)
+        assert watchdog is not None
+        return _Watch(child, outcome, watchdog.signal, watchdog.refused)
+
+    async def _watch(
+        self, elector: Elector, child: Child, fired: asyncio.Event, watchdog: Watchdog | None
+    ) -> Outcome:
         """Wait until the child exits, leadership ends, or we are told to stop."""
         exited = asyncio.ensure_future(child.wait())
         lost = asyncio.ensure_future(_until_lost(elector))
         stop = asyncio.ensure_future(self._stopping.wait())
         alarm = asyncio.ensure_future(fired.wait())
-        tasks = (exited, lost, stop, alarm)
+        tasks = [exited, lost, stop, alarm]
+        if watchdog is not None:
+            tasks.append(asyncio.ensure_future(watchdog.ended.wait()))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -379,12 +443,21 @@ class Sidecar:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         if self._stopping.is_set():
-            return _Watch("stop")
+            return "stop"
+        child_exited = exited in done
+        if watchdog is not None and watchdog.ended.is_set() and not child_exited:
+            if watchdog.gone:
+                # It saw the child reaped before our wait() returned: the
+                # child's own exit, which the checks below classify.
+                await child.wait()
+                child_exited = True
+            elif watchdog.unexpected_exit:
+                return "unwatched"
         # A child that exited because the guard signalled it, or once the
         # leadership was gone, did not "exit on its own".
-        if exited not in done or fired.is_set() or not elector.is_leader():
-            return _Watch("lost")
-        return _Watch("exited")
+        if not child_exited or fired.is_set() or not elector.is_leader():
+            return "lost"
+        return "exited"
 
     async def _sleep_or_stop(self, seconds: float) -> bool:
         """Sleep; True if asked to stop meanwhile."""
@@ -403,6 +476,16 @@ def _wake_from_thread(
         loop.call_soon_threadsafe(event.set)
 
     return wake
+
+
+def _note_signal(child: Child) -> Callable[[int], None]:
+    """A watchdog callback: remember that the child got SIGTERM, so we send no second one."""
+
+    def note(sig: int) -> None:
+        if sig == signal.SIGTERM:
+            child.term_sent = True
+
+    return note
 
 
 async def _until_lost(elector: Elector) -> None:
