@@ -13,6 +13,13 @@ spelled out in :mod:`fastelect.elector` and the README.
 from ._core import LeadershipTable, TableReader, attach
 from .background import BackgroundElector
 from .config import ElectorConfig
+from .election import (
+    ElectionConfig,
+    ElectorFactory,
+    Manager,
+    ManagerConfig,
+    ManagerStopError,
+)
 from .elector import Elector, LeadershipLost, LeadershipStatus
 from .errors import (
     BucketNotFound,
@@ -28,6 +35,7 @@ from .errors import (
     StorageUnavailable,
     TLSError,
 )
+from .health import HealthServer, HealthServerConfig
 from .record import LockRecord
 from .storage import FileStorage, MemoryStorage, S3Storage, Storage
 
@@ -37,16 +45,23 @@ __all__ = [
     "BackgroundElector",
     "BucketNotFound",
     "ConfigError",
+    "ElectionConfig",
     "Elector",
     "ElectorConfig",
+    "ElectorFactory",
     "FastelectError",
     "FileStorage",
+    "HealthServer",
+    "HealthServerConfig",
     "HealthServerError",
     "LeadershipLost",
     "LeadershipStatus",
     "LeadershipTable",
     "LifecycleError",
     "LockRecord",
+    "Manager",
+    "ManagerConfig",
+    "ManagerStopError",
     "MemoryStorage",
     "ObjectNotFound",
     "PreconditionFailed",

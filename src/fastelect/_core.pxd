@@ -12,6 +12,7 @@ cdef extern from *:
     #include <stdint.h>
     #include <string.h>
     #include <time.h>
+    #include <sched.h>
 
     #define FE_MAGIC 0x31305443454c4546ULL  /* "FELECT01" little-endian */
     #define FE_LAYOUT_VERSION 1
@@ -87,15 +88,20 @@ cdef extern from *:
     static inline void fe_publish_magic(fe_header *h) {
         __atomic_store_n(&h->magic, FE_MAGIC, __ATOMIC_RELEASE);
     }
-    /* Copy a slot consistently; returns 0 on success, -1 if writers kept it busy. */
+    /* Copy a slot consistently; returns 0 on success, -1 if a writer kept it
+       busy for ~a second.  A writer holds the lock for well under a
+       microsecond, but may be preempted mid-write on a loaded host: after a
+       short spin the reader yields its CPU so the writer can finish. */
     static inline int fe_read_slot(const fe_slot *s, fe_slot *out) {
-        for (int attempt = 0; attempt < 10000; attempt++) {
+        for (long attempt = 0; attempt < 1000000; attempt++) {
             uint64_t before = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-            if (before & 1) continue;
-            memcpy(out, (const void *)s, sizeof(fe_slot));
-            __atomic_thread_fence(__ATOMIC_ACQUIRE);
-            uint64_t after = __atomic_load_n(&s->seq, __ATOMIC_RELAXED);
-            if (before == after) return 0;
+            if (!(before & 1)) {
+                memcpy(out, (const void *)s, sizeof(fe_slot));
+                __atomic_thread_fence(__ATOMIC_ACQUIRE);
+                uint64_t after = __atomic_load_n(&s->seq, __ATOMIC_RELAXED);
+                if (before == after) return 0;
+            }
+            if (attempt >= 64) sched_yield();
         }
         return -1;
     }

@@ -1,0 +1,441 @@
+"""The RSGI application granian serves: answers from the shared leadership table.
+
+This module runs inside granian's worker process(es), never in the elector's
+process.  It maps the named :class:`~fastelect.LeadershipTable` read-only
+(:func:`fastelect.attach`) and answers every request from it alone, so a
+stalled or frozen elector cannot make it lie: a leadership answer is 200
+only while ``now < lease_until`` on CLOCK_MONOTONIC, the same test
+``is_leader()`` makes, evaluated per request.
+
+Endpoints (``routes`` maps a path to an election name):
+
+``GET <route>``
+    200 with the lock-record JSON (``leaderID``, ``leaderAddr``,
+    ``lastUpdated`` = now in RFC 3339, ``term``, ``etag``) while this host
+    holds a live lease for that election; 404 otherwise (follower, lease
+    expired, election not started, table missing).
+``GET /healthz``
+    200 ``ok`` while every started election's loop completed a cycle within
+    its own watchdog bound; 503 naming the stuck election otherwise, or
+    when the table is missing.
+``GET /metrics``
+    Prometheus text format (0.0.4): per-election role, term, lease and
+    heartbeat gauges and the table's counters, all prefixed ``fastelect_``.
+
+``HEAD`` is answered like ``GET`` without a body (HTTP requires servers to
+support it wherever GET is); any other method gets 405 with ``Allow``.
+Unknown paths get 404.
+
+Configuration comes from the environment so granian can build the app with
+its factory option in every worker: :data:`ENV_TABLE` names the table and
+:data:`ENV_ROUTES` holds the routes as a JSON object.  The same works from
+granian's command line::
+
+    FASTELECT_HEALTH_TABLE=myapp FASTELECT_HEALTH_ROUTES='{"/health/leadership": "default"}' \\
+        granian --interface rsgi --factory fastelect.health.app:create_app ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from .._core import COUNTER_NAMES, ROLE_NAMES, TableReader, attach, monotonic_ns
+from ..errors import ConfigError, FastelectError
+
+__all__ = [
+    "ENV_MAIN_PID",
+    "ENV_ROUTES",
+    "ENV_TABLE",
+    "RESERVED_PATHS",
+    "HealthApp",
+    "create_app",
+    "render_metrics",
+    "validate_routes",
+    "validate_table_name",
+]
+
+_log = logging.getLogger(__name__)
+
+#: Environment variable naming the leadership table to attach.
+ENV_TABLE = "FASTELECT_HEALTH_TABLE"
+#: Environment variable holding the routes, a JSON object ``{path: election}``.
+ENV_ROUTES = "FASTELECT_HEALTH_ROUTES"
+#: Set by fastelect's granian launcher: the pid workers must not outlive.
+ENV_MAIN_PID = "FASTELECT_HEALTH_MAIN_PID"
+#: Paths the app answers itself; routes may not use them.
+RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
+
+# The table's own name rule (see _core): 1-24 of letters, digits, '_', '.', '-'.
+_TABLE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
+_MAX_ELECTION_BYTES = 30
+# How often a worker checks that the table's owner is still alive (a syscall),
+# so a table re-created by a restarted owner is picked up promptly.
+_OWNER_CHECK_INTERVAL_S = 0.25
+# A snapshot fails when the writer stayed inside its seqlock section (e.g. the
+# OS descheduled it mid-write); yield the CPU and try again this many times.
+_BUSY_RETRIES = 8
+
+_JSON = [("content-type", "application/json"), ("cache-control", "no-store")]
+_TEXT = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
+_METRICS = [
+    ("content-type", "text/plain; version=0.0.4; charset=utf-8"),
+    ("cache-control", "no-store"),
+]
+_ALLOW = "GET, HEAD"
+
+# What each table counter means, for the metrics' HELP lines.
+_COUNTER_HELP = {
+    "renewals": "Successful lease renewals by this node.",
+    "failed_writes": "Writes whose outcome was unknown (timeouts, transport errors, 5xx).",
+    "transitions": "Leadership transitions of this node (acquired or lost).",
+    "peer_checks": "Peer health checks made instead of storage reads.",
+    "peer_failures": "Peer health checks that failed and sent this node back to storage.",
+    "reads": "Lock record reads that returned an answer.",
+    "record_errors": "Lock records that could not be parsed.",
+    "acquisitions": "Leaderships won by this node.",
+    "losses": "Leaderships of this node that ended.",
+    "writes": "Conditional writes started.",
+    "storage_errors": "Failed storage reads.",
+    "conflicts": "Conditional writes that lost (HTTP 412/409).",
+}
+
+
+class _TableBusy(FastelectError):
+    """A slot stayed mid-write for every snapshot attempt."""
+
+
+def validate_table_name(name: object) -> str:
+    """Return ``name`` if it is a valid leadership-table name, else raise ConfigError."""
+    if not isinstance(name, str) or not _TABLE_NAME_RE.match(name):
+        raise ConfigError(
+            "table_name",
+            f"must be 1-24 characters of letters, digits, '_', '.', '-', not {name!r}",
+        )
+    return name
+
+
+def validate_routes(routes: object) -> dict[str, str]:
+    """Check a ``{path: election}`` mapping and return it as a plain dict.
+
+    Paths must start with ``/``, must not be ``/healthz`` or ``/metrics`` and
+    must not carry a query string; election names must be 1-30 bytes.
+    """
+    if not isinstance(routes, Mapping) or not routes:
+        raise ConfigError("routes", "must be a non-empty mapping of URL path to election name")
+    checked: dict[str, str] = {}
+    for path, election in routes.items():
+        if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
+            raise ConfigError("routes", f"path {path!r} must start with '/' and have no query")
+        if any(ord(ch) <= 0x20 or ord(ch) == 0x7F for ch in path):
+            raise ConfigError("routes", f"path {path!r} must not contain spaces or controls")
+        if path in RESERVED_PATHS:
+            raise ConfigError("routes", f"path {path!r} is reserved for the server itself")
+        if not isinstance(election, str) or not 1 <= len(election.encode()) <= _MAX_ELECTION_BYTES:
+            raise ConfigError(
+                "routes", f"election for {path!r} must be 1-{_MAX_ELECTION_BYTES} bytes of text"
+            )
+        checked[path] = election
+    return checked
+
+
+def _die_with_parent(expected_parent: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux only).
+
+    granian forks workers from its main process; if that process is killed
+    outright nothing would stop the workers, which keep the port open.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died before prctl took effect: then we were reparented.
+    if expected_parent and os.getppid() != expected_parent:
+        os._exit(1)
+
+
+def _snapshot(reader: TableReader, election: str) -> dict[str, Any] | None:
+    """``reader.status(election)``, retried while a writer holds the slot's seqlock."""
+    for _ in range(_BUSY_RETRIES):
+        try:
+            return reader.status(election)
+        except FastelectError:
+            # Let a descheduled writer on this CPU finish its section.
+            os.sched_yield()
+    # granian sends a worker's stderr to its log: this lands there.
+    _log.warning("leadership slot of %r stayed busy over %d tries", election, _BUSY_RETRIES)
+    raise _TableBusy(f"the slot of election {election!r} stayed busy")
+
+
+def _label(value: str) -> str:
+    """Escape a Prometheus label value."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _gauge_lines(name: str, help_text: str, series: list[tuple[str, float | int]]) -> list[str]:
+    lines = [f"# HELP fastelect_{name} {help_text}", f"# TYPE fastelect_{name} gauge"]
+    lines.extend(
+        f"fastelect_{name}{{{labels}}} {value}" if labels else f"fastelect_{name} {value}"
+        for labels, value in series
+    )
+    return lines
+
+
+def render_metrics(reader: TableReader | None, now_ns: int) -> bytes:
+    """The table as Prometheus text exposition format 0.0.4.
+
+    ``now_ns`` is CLOCK_MONOTONIC; gauges derived from deadlines use it.
+    """
+    statuses: list[tuple[str, dict[str, Any]]] = []
+    if reader is not None:
+        for election in reader.elections():
+            try:
+                status = _snapshot(reader, election)
+            except _TableBusy:
+                continue  # omitted from this scrape rather than failing it
+            if status is not None:
+                statuses.append((f'election="{_label(election)}"', status))
+    out = _gauge_lines(
+        "table_attached",
+        "Whether the leadership table is mapped (1) or missing (0).",
+        [("", int(reader is not None))],
+    )
+    lease_left = [(e, max(0, st["lease_until_ns"] - now_ns)) for e, st in statuses]
+    out += _gauge_lines(
+        "is_leader",
+        "1 while this node holds a live lease for the election, else 0.",
+        [(e, int(left > 0)) for e, left in lease_left],
+    )
+    out += _gauge_lines(
+        "role",
+        "The node's role in the election: one series per role, 1 for the current one.",
+        [(f'{e},role="{r}"', int(st["role"] == r)) for e, st in statuses for r in ROLE_NAMES],
+    )
+    out += _gauge_lines(
+        "term",
+        "Fencing term of the current leadership (ours when leading, else the observed one).",
+        [(e, st["term"]) for e, st in statuses],
+    )
+    out += _gauge_lines(
+        "lease_remaining_seconds",
+        "Seconds left on this node's lease (0 unless leader).",
+        [(e, left / 1e9) for e, left in lease_left],
+    )
+    out += _gauge_lines(
+        "last_cycle_age_seconds",
+        "Seconds since the election loop last completed a cycle.",
+        [(e, max(0, now_ns - st["last_cycle_mono_ns"]) / 1e9) for e, st in statuses],
+    )
+    out += _gauge_lines(
+        "watchdog_seconds",
+        "Heartbeat age beyond which /healthz reports the election's loop as stuck.",
+        [(e, st["watchdog_ns"] / 1e9) for e, st in statuses],
+    )
+    # In the table's order; a counter this module has no help text for still appears.
+    names = list(COUNTER_NAMES)
+    names += [c for _, st in statuses for c in st["counters"] if c not in _COUNTER_HELP]
+    for counter in dict.fromkeys(names):
+        metric = f"fastelect_{counter}_total"
+        out.append(f"# HELP {metric} {_COUNTER_HELP.get(counter, f'Table counter {counter}.')}")
+        out.append(f"# TYPE {metric} counter")
+        out.extend(f"{metric}{{{e}}} {st['counters'].get(counter, 0)}" for e, st in statuses)
+    out.append("")
+    return "\n".join(out).encode()
+
+
+class _Clock:
+    """RFC 3339 'now' with microseconds; the seconds part is formatted once per second."""
+
+    __slots__ = ("_prefix", "_second")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def now(self) -> str:
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+        if seconds != self._second:
+            self._prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            self._second = seconds
+        return f"{self._prefix}{nanos // 1000:06d}Z"
+
+
+class HealthApp:
+    """The RSGI application: one instance per granian worker.
+
+    It holds no leadership state of its own; every answer is read from the
+    table named ``table_name`` at request time.  If the table is closed,
+    replaced by a restarted owner, or its owner died, the app maps it again
+    by name (or answers as if nothing were started while it is missing).
+    """
+
+    def __init__(self, table_name: str, routes: Mapping[str, str]) -> None:
+        self.table_name = validate_table_name(table_name)
+        self.routes = validate_routes(routes)
+        self._reader: TableReader | None = None
+        self._owner_checked = 0.0
+        self._clock = _Clock()
+
+    # -- the table -----------------------------------------------------------------
+
+    def reader(self) -> TableReader | None:
+        """The attached table, re-attached when closed or orphaned; None if missing."""
+        reader = self._reader
+        if reader is not None and not reader.closed:
+            now = time.monotonic()
+            if now - self._owner_checked < _OWNER_CHECK_INTERVAL_S:
+                return reader
+            self._owner_checked = now
+            if not reader.stale:
+                return reader
+        # Closed by its owner, or the owner died: map whatever has the name now.
+        self._reader = None
+        try:
+            fresh: TableReader = attach(self.table_name)
+        except (FastelectError, OSError):
+            return None
+        if fresh.closed or fresh.stale:
+            return None
+        self._reader = fresh
+        self._owner_checked = time.monotonic()
+        return fresh
+
+    # -- RSGI ----------------------------------------------------------------------
+
+    def __rsgi_init__(self, loop: Any) -> None:
+        """Map the table once the worker starts (a missing table is retried per request)."""
+        self.reader()
+
+    def __rsgi_del__(self, loop: Any) -> None:
+        """Drop the mapping when the worker shuts down."""
+        self._reader = None
+
+    async def __rsgi__(self, scope: Any, proto: Any) -> None:
+        """Answer one request."""
+        if scope.proto != "http":
+            # Websockets are off in our granian setup; refuse anything else politely.
+            with contextlib.suppress(Exception):
+                proto.close(1008)
+            return
+        path = scope.path
+        method = scope.method
+        if method not in ("GET", "HEAD"):
+            if path in self.routes or path in RESERVED_PATHS:
+                proto.response_bytes(405, [*_TEXT, ("allow", _ALLOW)], b"method not allowed\n")
+            else:
+                proto.response_bytes(404, _TEXT, b"not found\n")
+            return
+        election = self.routes.get(path)
+        if election is not None:
+            status, body = self.leadership(election)
+            # For HEAD, hyper drops the body itself and keeps its Content-Length.
+            proto.response_bytes(status, _JSON, body)
+        elif path == "/healthz":
+            status, body = self.healthz()
+            proto.response_bytes(status, _TEXT, body)
+        elif path == "/metrics":
+            body = render_metrics(self.reader(), monotonic_ns())
+            proto.response_bytes(200, _METRICS, body)
+        else:
+            proto.response_bytes(404, _TEXT, b"not found\n")
+
+    # -- handlers (plain methods, so they can be tested without a server) --------------
+
+    def leadership(self, election: str) -> tuple[int, bytes]:
+        """Status and body for a leadership route."""
+        reader = self.reader()
+        if reader is None:
+            return 404, _not_leader(election, "leadership table is missing")
+        # Cheap first test: the one atomic word, as is_leader() reads it.
+        leading = reader.is_leader(election)
+        try:
+            st = _snapshot(reader, election)
+        except _TableBusy:
+            # Not an answer either way; peers treat it as a failed check.
+            return 503, _not_leader(election, "leadership table busy, retry")
+        # The snapshot is consistent (seqlock); test its lease again in case it
+        # ended between the two reads, so the fields below belong to a live lease.
+        if not leading or st is None or not monotonic_ns() < st["lease_until_ns"]:
+            return 404, _not_leader(election, _why_not(st))
+        body = orjson.dumps(
+            {
+                "leaderID": st["leader_id"],
+                "leaderAddr": st["leader_addr"],
+                "lastUpdated": self._clock.now(),
+                "term": st["term"],
+                "etag": st["etag"],
+            }
+        )
+        return 200, body
+
+    def healthz(self) -> tuple[int, bytes]:
+        """Status and body for ``/healthz`` (client-go's HealthzAdaptor, per election)."""
+        reader = self.reader()
+        if reader is None:
+            return 503, f"leadership table {self.table_name!r} is missing\n".encode()
+        now = monotonic_ns()
+        stuck: list[str] = []
+        for election in reader.elections():
+            try:
+                st = _snapshot(reader, election)
+            except _TableBusy:
+                continue  # its elector is writing right now: alive
+            if st is None or st["state"] != "started" or st["watchdog_ns"] <= 0:
+                continue  # stopped, or no cycle bound published yet
+            age = now - st["last_cycle_mono_ns"]
+            if age > st["watchdog_ns"]:
+                stuck.append(
+                    f"election {election!r} is stuck: last cycle {age / 1e9:.3f}s ago "
+                    f"(bound {st['watchdog_ns'] / 1e9:.3f}s)"
+                )
+        if stuck:
+            return 503, ("\n".join(stuck) + "\n").encode()
+        return 200, b"ok\n"
+
+
+def _why_not(st: dict[str, Any] | None) -> str:
+    if st is None:
+        return "election not started"
+    if st["state"] != "started":
+        return "election stopped"
+    if st["role"] == "leader":
+        # The slot still says leader but the deadline passed: the elector is
+        # stalled or frozen, and the lease alone decides.
+        return "lease expired"
+    return "not leader"
+
+
+def _not_leader(election: str, reason: str) -> bytes:
+    return orjson.dumps({"election": election, "isLeader": False, "reason": reason})
+
+
+def create_app() -> HealthApp:
+    """granian's factory: build the app from :data:`ENV_TABLE` and :data:`ENV_ROUTES`.
+
+    Called once in each worker process.  Under fastelect's launcher it also
+    arranges for the worker to die with granian's main process.
+    """
+    main_pid = os.environ.get(ENV_MAIN_PID)
+    if main_pid:
+        _die_with_parent(int(main_pid))
+    table = os.environ.get(ENV_TABLE)
+    if not table:
+        raise ConfigError(ENV_TABLE, "must name the leadership table to serve")
+    raw = os.environ.get(ENV_ROUTES, '{"/health/leadership": "default"}')
+    try:
+        routes = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(ENV_ROUTES, f"must be a JSON object of path to election: {exc}") from exc
+    return HealthApp(table, routes)
