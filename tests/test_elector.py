@@ -332,11 +332,21 @@ async def test_leadership_scope_is_cancelled_when_leadership_ends() -> None:
         with pytest.raises(LeadershipLost):
             async with elector.leadership() as term:
                 assert term == 1 and elector.is_leader()
-                deadline = elector.slot.status()["deadline_ns"]
+                # Let several renewals move the deadline first: the cancellation
+                # must follow the lease, not the deadline at acquisition.
+                first = elector.slot.status()["deadline_ns"]
+                await wait_until(
+                    lambda: elector.slot.status()["deadline_ns"] > first + int(T * 1e9),
+                    5,
+                    "the leader did not renew",
+                )
                 storage.fail_puts = True
                 await asyncio.sleep(10)
+        cancelled = monotonic_ns()
+        # The deadline the failed renewals left behind: the lease's real end.
+        deadline = elector.slot.status()["deadline_ns"]
         # Cancelled at the deadline (rule 6), not after a later loop cycle.
-        assert (monotonic_ns() - deadline) / 1e9 < 0.05
+        assert 0 <= (cancelled - deadline) / 1e9 < 0.05, (cancelled - deadline) / 1e9
         assert not elector.is_leader()
         storage.fail_puts = False
         result = await asyncio.wait_for(

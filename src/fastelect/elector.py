@@ -627,6 +627,12 @@ class Elector:
 
     def _on_expiry(self) -> None:
         self._expiry = None
+        c = self._campaign
+        if c.role == _core.Role.LEADER and self.is_leader():
+            # Renewals moved the deadline since this timer was armed (they raise
+            # no event, so nothing re-armed it): follow the lease to its new end.
+            self._arm_expiry(c.deadline_ns)
+            return
         if not self.is_leader():
             self._cancel_scoped()
             if self._leading is not None:
