@@ -33,8 +33,8 @@ from typing import Any
 
 import orjson
 
-from fastelect._core import Action, Campaign, LeadershipTable, monotonic_ns
-from fastelect.record import encode_record, parse_record
+from fastelect import Elector, ElectorConfig
+from fastelect._core import Action, monotonic_ns
 
 __all__ = [
     "GATE",
@@ -244,100 +244,65 @@ def summary_lines() -> list[str]:
 
 # -- the election steps measured ------------------------------------------------------
 #
-# One leader renewal and one follower poll, performed exactly as the driver
-# (fastelect.elector) performs them, through the public core API: ask the
-# Campaign, encode/parse the record, do the storage call, feed the outcome
-# back.  Used against MemoryStorage (CPU of the core + driver path) and
-# against S3 (client CPU per request).
+# One leader renewal and one follower poll, performed by the driver's own
+# step methods (fastelect.elector): ask the Campaign, encode/parse the record,
+# do the storage call, feed the outcome back.  Used against MemoryStorage (CPU
+# of the core + driver path) and against S3 (client CPU per request).
+
 
 #: Timings of the benchmarked campaigns: long enough that no lease lapses
 #: while a benchmark runs, in the defaults' proportions.
-LEASE_NS = 60 * 1_000_000_000
-FREQUENT_NS = 20 * 1_000_000_000
-INFREQUENT_NS = 30 * 1_000_000_000
-MARGIN_NS = 6 * 1_000_000_000
-
-
 class Steps:
-    """A leader and a follower campaign on one lock key of ``storage``."""
+    """A leader and a follower Elector on one lock key of ``storage``, stepped by hand.
+
+    The steps call the driver's own ``_read`` / ``_write``, so the benchmark
+    measures exactly the code an elector runs each cycle (timeouts, record
+    encoding and parsing, the compiled campaign), minus the loop's sleeping.
+    """
 
     def __init__(self, storage: Any, key: str = "bench/leader.json") -> None:
         self.storage = storage
         self.key = key
-        self._table = LeadershipTable(slots=2)
-        now = monotonic_ns()
-        self.leader = Campaign(
-            self._table.slot("leader", "bench-leader"),
-            "bench-leader",
-            "127.0.0.1:8443",
-            LEASE_NS,
-            FREQUENT_NS,
-            INFREQUENT_NS,
-            MARGIN_NS,
-            -1,
-            False,
-            now,
-        )
-        self.follower = Campaign(
-            self._table.slot("follower", "bench-follower"),
-            "bench-follower",
-            "127.0.0.1:8444",
-            LEASE_NS,
-            FREQUENT_NS,
-            INFREQUENT_NS,
-            MARGIN_NS,
-            -1,
-            False,
-            now,
-        )
+
+        def config(server_id: str, port: int) -> ElectorConfig:
+            # Long timings: nothing falls due by itself while the benchmark runs.
+            return ElectorConfig(
+                key,
+                server_id,
+                f"127.0.0.1:{port}",
+                frequent_interval=20,
+                infrequent_interval=30,
+                leader_timeout=60,
+            )
+
+        self.leader = Elector(config("bench-leader", 8443), storage)
+        self.follower = Elector(config("bench-follower", 8444), storage)
 
     async def acquire(self) -> None:
         """Make ``leader`` lead (the key must not exist yet)."""
-        c = self.leader
+        c = self.leader._campaign
         assert c.poll(monotonic_ns()) == Action.READ
-        c.observe_missing(monotonic_ns())
+        await self.leader._read()
         assert c.poll(monotonic_ns()) == Action.CREATE
         await self.renew()
-        assert c.is_leader(monotonic_ns()), "the benchmark leader failed to acquire"
+        assert self.leader.is_leader(), "the benchmark leader failed to acquire"
         await self.poll()
         assert self.follower.leader_id == "bench-leader"
 
     async def renew(self) -> None:
-        """One leader write: poll, begin_write, encode, conditional PUT, write_succeeded."""
-        c = self.leader
-        c.poll(monotonic_ns())
-        if_match, term, renewal, _released = c.begin_write(monotonic_ns())
-        wall = time.time_ns()
-        body = encode_record(
-            "bench-leader", "127.0.0.1:8443", wall, term, LEASE_NS // 1_000_000, renewal
-        )
-        etag = await self.storage.put_if_match(self.key, body, if_match)
-        c.write_succeeded(monotonic_ns(), etag, wall)
-        c.take_events()
+        """One leader write: begin_write, encode, conditional PUT, write_succeeded."""
+        self.leader._campaign.poll(monotonic_ns())
+        await self.leader._write()
+        self.leader._campaign.take_events()
 
     async def poll(self) -> None:
         """One follower read: GET, parse the untrusted record, observe_record."""
-        c = self.follower
-        c.poll(monotonic_ns())
-        body, etag = await self.storage.get(self.key)
-        arrived = monotonic_ns()
-        record = parse_record(body)
-        c.observe_record(
-            arrived,
-            time.time_ns(),
-            etag,
-            record.leader_id,
-            record.leader_addr,
-            record.term,
-            record.lease_ms,
-            record.renewal,
-            record.released,
-            record.last_updated_ns or 0,
-        )
-        c.take_events()
+        self.follower._campaign.poll(monotonic_ns())
+        await self.follower._read()
+        self.follower._campaign.take_events()
 
     def close(self) -> None:
-        self._table.close()
+        """Nothing to release: the electors were never started."""
 
 
 def bare_record(renewal: int) -> bytes:
@@ -348,7 +313,7 @@ def bare_record(renewal: int) -> bytes:
             "leaderAddr": "127.0.0.1:8443",
             "lastUpdated": "2026-01-01T00:00:00.000000Z",
             "term": 1,
-            "leaseMs": LEASE_NS // 1_000_000,
+            "leaseMs": 60_000,
             "renewal": renewal,
         }
     )

@@ -36,7 +36,6 @@ from benchkit import (
     unrolled,
 )
 from fastelect import Elector, ElectorConfig, LeadershipTable, MemoryStorage
-from fastelect._core import Role
 
 _LEADER = 1
 
@@ -214,10 +213,12 @@ def test_is_leader_answers_by_the_deadline(loop: asyncio.AbstractEventLoop) -> N
 
 STEPS = 2000
 
-#: Our path may cost up to 4x the bare storage call.  Most of the gap is the
-#: record codec, which validates untrusted JSON and reads/writes RFC 3339
-#: times in Python (~2 us each way); the core's own calls are ~0.5 us.
-STEP_TARGET = 0.25
+#: The driver's real step may cost up to 6x the bare storage call.  The gap is
+#: the record codec, which validates untrusted JSON and reads/writes RFC 3339
+#: times in Python (~2-4 us), and the per-call timeout that bounds a hung
+#: storage call (asyncio.timeout, ~3.6 us); the core's own calls are ~0.5 us.
+#: All of it is noise next to one S3 request (~1.3 ms of client CPU).
+STEP_TARGET = 1 / 6
 
 
 def test_renew_step_cpu(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
@@ -240,7 +241,7 @@ def test_renew_step_cpu(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None
         lambda: cpu_ns_per_op(loop, bare, n),
         rounds=rounds(full=30, gate=8),
     )
-    assert steps.leader.role == Role.LEADER
+    assert steps.leader.is_leader()
     steps.close()
     record(
         benchmark,

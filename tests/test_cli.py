@@ -480,9 +480,6 @@ def test_shm_publishes_the_leadership_to_the_child_and_other_processes(
 
 
 def test_health_endpoint_is_served_while_leading(tmp_path: Path, procs: Procs) -> None:
-    health = pytest.importorskip("fastelect.health")
-    if not hasattr(health, "HealthServer"):
-        pytest.skip("fastelect.health.HealthServer is not in this build yet")
     tls = tmp_path / "tls"
     assert cli("certs", "--out", str(tls), "--ip", "127.0.0.1").returncode == 0
     port = free_port()

@@ -58,6 +58,8 @@ def test_time_offsets() -> None:
         b'{"leaderID":"","lastUpdated":"2026-01-01T00:00:00Z"}',
         b'{"leaderID":"a","lastUpdated":5}',
         b'{"leaderID":"a","lastUpdated":"2026-13-01T00:00:00Z"}',
+        b'{"leaderID":"a","lastUpdated":"2026-13-01T00:00:00.000000Z"}',
+        b'{"leaderID":"a","lastUpdated":"2026-01-01T25:00:00.000000Z"}',
         b'{"leaderID":"a","lastUpdated":"2026-01-01T00:00:00Z","term":"7"}',
         b'{"leaderID":"a","lastUpdated":"2026-01-01T00:00:00Z","term":-1}',
         b'{"leaderID":"a","lastUpdated":"2026-01-01T00:00:00Z","term":true}',
@@ -74,6 +76,12 @@ def test_malformed_records_raise_record_error(body: bytes) -> None:
 def test_arbitrary_bytes_never_raise_anything_but_record_error(body: bytes) -> None:
     with contextlib.suppress(RecordError):
         parse_record(body)
+
+
+@given(st.integers(min_value=0, max_value=4_000_000_000 * 10**9))
+def test_fast_and_general_time_parsers_agree(ns: int) -> None:
+    text = format_time(ns)
+    assert parse_time(text) == parse_time(text.replace("Z", "+00:00"))
 
 
 @given(st.integers(min_value=0, max_value=4_000_000_000 * 10**9))

@@ -78,6 +78,23 @@ def _format_seconds(seconds: int) -> str:
 
 def parse_time(text: str) -> int | None:
     """Parse RFC 3339 (up to nanoseconds, as Go writes) to Unix ns; None for year 1."""
+    # Fast path for the exact shape format_time writes ("...T10:30:45.123456Z"):
+    # a poll parses one per read, and the whole-second part repeats for a while.
+    if len(text) == 27 and text[19] == "." and text[26] == "Z" and text[20:26].isdigit():
+        seconds = _seconds_of(text[:19])
+        if seconds is not None:
+            return seconds * 1_000_000_000 + int(text[20:26]) * 1000
+    return _parse_time_slow(text)
+
+
+@functools.lru_cache(maxsize=8)
+def _seconds_of(prefix: str) -> int | None:
+    """Unix seconds of "YYYY-MM-DDTHH:MM:SS" in UTC (None: let the slow path decide)."""
+    nanos = _parse_time_slow(prefix + "Z")
+    return None if nanos is None else nanos // 1_000_000_000
+
+
+def _parse_time_slow(text: str) -> int | None:
     match = _RFC3339.match(text)
     if match is None:
         raise RecordError(f"lastUpdated is not an RFC 3339 time: {text[:64]!r}")
