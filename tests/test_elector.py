@@ -507,3 +507,32 @@ async def test_elector_publishes_into_a_named_table_others_can_attach() -> None:
 
 def _unused(_: Callable[..., object]) -> None:  # keeps linters quiet about helpers
     return None
+
+
+async def test_update_config_applies_timings_but_not_identity() -> None:
+    from fastelect import ConfigError
+
+    storage = MemoryStorage()
+    elector = Elector(fast_config("tune"), storage)
+    await elector.start()
+    try:
+        await asyncio.wait_for(elector.wait_for_leadership(), 5)
+        with pytest.raises(ConfigError, match="server_id"):
+            elector.update_config(elector.config.copy(server_id="someone-else"))
+        with pytest.raises(ConfigError, match="lockfile_path"):
+            elector.update_config(elector.config.copy(lockfile_path="other.json"))
+        # A longer lease applies from the next renewal on.
+        elector.update_config(elector.config.copy(leader_timeout=0.6))
+        assert elector.config.leader_timeout == 0.6
+        before = elector.slot.status()["counters"]["renewals"]
+        await wait_until(
+            lambda: elector.slot.status()["counters"]["renewals"] > before + 1,
+            5,
+            "the leader stopped renewing after update_config",
+        )
+        status = elector.slot.status()
+        left = (status["deadline_ns"] - monotonic_ns()) / 1e9
+        assert T < left <= 0.6, f"deadline is {left:.3f}s away; the new lease was not applied"
+        assert elector.is_leader()
+    finally:
+        await elector.stop()
