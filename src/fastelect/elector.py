@@ -133,6 +133,7 @@ class Elector:
         self._extra = {"lock": self._where, "elector": config.server_id, "election": election}
         self._peer: PeerChecker | None = None
         self._retired_peers: list[PeerChecker] = []
+        self._peer_healthy = True
         self._task: asyncio.Task[None] | None = None
         self._hooks_task: asyncio.Task[None] | None = None
         self._hooks: asyncio.Queue[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] | None
@@ -537,7 +538,11 @@ class Elector:
             return
         answer = await self._peer.check(c.leader_addr, self._config.peer_health_path, c.leader_id)
         if not answer.ok:
-            self._log.info(
+            # Say it once per outage at INFO; a leader without a health server
+            # would otherwise log this every other interval.
+            level = logging.INFO if self._peer_healthy else logging.DEBUG
+            self._log.log(
+                level,
                 "peer check of leader %s at %s failed (%s); reading %s",
                 c.leader_id,
                 c.leader_addr,
@@ -545,6 +550,7 @@ class Elector:
                 self._where,
                 extra=self._extra,
             )
+        self._peer_healthy = answer.ok
         c.observe_peer(_core.monotonic_ns(), answer.ok, answer.leader_id, answer.etag)
 
     def _storage_failed(self, what: str, exc: BaseException) -> None:
