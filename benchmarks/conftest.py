@@ -10,20 +10,14 @@ environment is dummy credentials only, so nothing can reach a real account.
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
 
 import pytest
 
 import benchkit
-from benchkit import S3_BUCKET, S3_REGION
+from benchkit import S3_BUCKET
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -60,66 +54,17 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 
 # -- S3: a real moto server ----------------------------------------------------------
 
+# The test suite's helpers own the moto launcher and the dummy AWS environment;
+# the benchmarks reuse them so both start S3 the same way.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers import MotoServer, boto3_client, dummy_aws_environment  # noqa: E402
+
 
 @pytest.fixture(scope="session", autouse=True)
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Dummy AWS credentials and region for the whole session, restored at the end."""
-    missing = tmp_path_factory.mktemp("aws") / "absent"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", S3_REGION)
-        mp.setenv("AWS_REGION", S3_REGION)
-        # Never read the developer's ~/.aws or ask an instance metadata service.
-        mp.setenv("AWS_CONFIG_FILE", str(missing))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
+    with dummy_aws_environment(tmp_path_factory.mktemp("aws")):
         yield
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:
-            return bool(200 <= response.status < 300)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def _start_moto(log: BinaryIO) -> tuple[subprocess.Popen[bytes], str] | None:
-    """Start ``moto.server`` on a free loopback port; None if it did not come up."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 20
-    while proc.poll() is None and time.monotonic() < deadline:
-        if _answers(f"{url}/moto-api/config"):
-            return proc, url
-        time.sleep(0.05)
-    _stop(proc)
-    return None
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -129,22 +74,10 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     A separate process, so ``time.process_time()`` in the benchmark process
     counts the client's CPU only, never the server's.
     """
-    import boto3
-
-    log_path: Path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "ab") as log:
-        # Another process can take a free port before moto binds it: try a few.
-        started = _start_moto(log) or _start_moto(log) or _start_moto(log)
-        if started is None:
-            tail = log_path.read_bytes()[-4000:].decode(errors="replace")
-            pytest.fail(f"moto server did not start; its log:\n{tail}")
-        proc, url = started
+    with MotoServer(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        client = boto3_client("s3", server.url)
         try:
-            client = boto3.client("s3", endpoint_url=url, region_name=S3_REGION)
-            try:
-                client.create_bucket(Bucket=S3_BUCKET)
-            finally:
-                client.close()
-            yield url
+            client.create_bucket(Bucket=S3_BUCKET)
         finally:
-            _stop(proc)
+            client.close()
+        yield server.url

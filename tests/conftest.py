@@ -18,7 +18,14 @@ import pytest_asyncio
 import uvloop
 
 from fastelect.storage import FileStorage, MemoryStorage, S3Storage, Storage
-from helpers import S3_BUCKET, S3_REGION, MotoAuth, MotoServer, boto3_client, make_s3_storage
+from helpers import (
+    S3_BUCKET,
+    MotoAuth,
+    MotoServer,
+    boto3_client,
+    dummy_aws_environment,
+    make_s3_storage,
+)
 
 # -- event loops -------------------------------------------------------------------
 
@@ -79,24 +86,7 @@ def _no_loop_errors() -> Iterator[None]:
 @pytest.fixture(scope="session", autouse=True)
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Dummy AWS credentials and region for the whole session, restored at the end."""
-    missing = tmp_path_factory.mktemp("aws") / "absent"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
-        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        mp.setenv("AWS_DEFAULT_REGION", S3_REGION)
-        mp.setenv("AWS_REGION", S3_REGION)
-        # Never read the developer's ~/.aws or ask an instance metadata service.
-        mp.setenv("AWS_CONFIG_FILE", str(missing))
-        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
-        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
-        for name in (
-            "AWS_SESSION_TOKEN",
-            "AWS_SECURITY_TOKEN",
-            "AWS_PROFILE",
-            "AWS_ENDPOINT_URL",
-            "AWS_ENDPOINT_URL_S3",
-        ):
-            mp.delenv(name, raising=False)
+    with dummy_aws_environment(tmp_path_factory.mktemp("aws")):
         yield
 
 

@@ -1,14 +1,16 @@
-"""Helpers for elector tests: bounded waits, fast configs, a fault-injecting storage."""
+"""Helpers for elector tests: fast configs, a fault-injecting storage (and wait_until)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from fastelect import Elector, ElectorConfig, StorageUnavailable
+from helpers import wait_until
+
+__all__ = ["FAST", "FaultyStorage", "crash", "fast_config", "leaders", "wait_until"]
 from fastelect.storage import Storage
 
 # Short but not razor-thin: a loaded 2-core CI box must still renew in time.
@@ -31,22 +33,6 @@ def fast_config(server_id: str, lock: str = "leader.json", **overrides: Any) -> 
             **overrides,
         },
     )
-
-
-async def wait_until(
-    condition: Callable[[], bool], timeout: float, message: str, *, every: float = 0.005
-) -> float:
-    """Poll ``condition`` until true; fail with ``message`` after ``timeout`` s.
-
-    Returns the monotonic time at which the condition was first seen true.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
-        await asyncio.sleep(every)
 
 
 def leaders(electors: Iterable[Elector]) -> list[Elector]:

@@ -5,12 +5,11 @@ Import as ``from health_helpers import ...`` (pytest puts ``tests/`` on sys.path
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import aiohttp
 from fastelect._core import Action, Campaign, Slot, monotonic_ns
 from fastelect.health import HealthServer, HealthServerConfig
 from fastelect.tls import TLSCertificate
+from helpers import wait_until
 
 __all__ = [
     "Reply",
@@ -99,22 +99,6 @@ async def fetch(
         body = await resp.read()
         headers = {k.lower(): v for k, v in resp.headers.items()}
         return Reply(resp.status, headers, body)
-
-
-async def wait_until(
-    condition: Callable[[], object], timeout: float, message: str, *, every: float = 0.01
-) -> float:
-    """Poll ``condition`` until truthy; fail with ``message`` after ``timeout`` s.
-
-    Returns the monotonic time at which the condition was first seen true.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s: {message}")
-        await asyncio.sleep(every)
 
 
 def alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -32,11 +32,14 @@ __all__ = [
     "MotoServer",
     "StubHTTPServer",
     "boto3_client",
+    "dummy_aws_environment",
     "free_port",
     "make_s3_storage",
     "silent_listener",
+    "wait_for",
     "wait_for_http",
     "wait_for_port",
+    "wait_until",
 ]
 
 
@@ -101,6 +104,64 @@ def wait_for_http(
         if time.monotonic() >= deadline:
             raise AssertionError(f"{url} did not answer 2xx within {timeout} s: {problem}")
         time.sleep(0.05)
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float, message: str, *, every: float = 0.01
+) -> Any:
+    """Poll ``condition`` (blocking) until truthy and return its value.
+
+    Fails with ``message`` after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s: {message}")
+        time.sleep(every)
+
+
+async def wait_until(
+    condition: Callable[[], object], timeout: float, message: str, *, every: float = 0.005
+) -> float:
+    """Poll ``condition`` on the event loop until truthy; fail with ``message`` after ``timeout``.
+
+    Returns the monotonic time at which the condition was first seen true.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s: {message}")
+        await asyncio.sleep(every)
+
+
+@contextlib.contextmanager
+def dummy_aws_environment(scratch: Path) -> Iterator[None]:
+    """Dummy AWS credentials and region, never the developer's ~/.aws; restored after."""
+    import pytest
+
+    missing = scratch / "absent"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", S3_REGION)
+        mp.setenv("AWS_REGION", S3_REGION)
+        mp.setenv("AWS_CONFIG_FILE", str(missing))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(missing))
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        for name in (
+            "AWS_SESSION_TOKEN",
+            "AWS_SECURITY_TOKEN",
+            "AWS_PROFILE",
+            "AWS_ENDPOINT_URL",
+            "AWS_ENDPOINT_URL_S3",
+        ):
+            mp.delenv(name, raising=False)
+        yield
 
 
 def _check_alive(proc: subprocess.Popen[Any] | None, what: str) -> None:

@@ -14,13 +14,12 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import uvloop
 
-from conftest import make_s3_storage
 from elector_helpers import FAST, fast_config
 from fastelect import (
     BucketNotFound,
@@ -34,20 +33,11 @@ from fastelect._core import shm_path
 from fastelect.background import BackgroundElector
 from fastelect.record import parse_record
 from fastelect.storage import Storage
+from helpers import make_s3_storage, wait_for
 
 F, T = FAST["frequent_interval"], FAST["leader_timeout"]
 # Beyond the protocol's own bound, for a loaded 2-core CI box.
 SLACK = 0.5
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> float:
-    """Poll ``condition`` (1 ms) until true; the monotonic time it was first seen true."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {message}")
-        time.sleep(0.001)
-    return time.monotonic()
 
 
 def read_record(directory: Path, key: str = "leader.json") -> bytes:
@@ -116,7 +106,8 @@ def test_two_in_one_process_compete_and_stop_hands_over(
 
     t0 = time.monotonic()
     leader.stop()
-    took = wait_for(other.is_leader, 5, "the follower did not take over") - t0
+    wait_for(other.is_leader, 5, "the follower did not take over", every=0.001)
+    took = time.monotonic() - t0
     # A released record is taken at the follower's next poll: no lease wait.
     assert took < F + SLACK
     assert other.term == first_term + 1

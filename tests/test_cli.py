@@ -21,16 +21,15 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from conftest import S3_REGION, MotoAuth
 from fastelect.record import encode_record
-from helpers import free_port
+from helpers import S3_REGION, MotoAuth, free_port, wait_for
 
 OPENSSL = "/usr/bin/openssl"
 CLI = [sys.executable, "-m", "fastelect.cli"]
@@ -102,17 +101,6 @@ def pid_gone(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
     except FileNotFoundError:
         return True
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, message: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s: {message}")
-        time.sleep(0.01)
 
 
 class Procs:
