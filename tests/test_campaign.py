@@ -188,7 +188,7 @@ def test_renewal_conflict_adopts_our_own_landed_write() -> None:
     c.begin_write(F + 1)
     c.write_conflicted(F + 2)  # the first try had landed, so this one lost
     assert c.poll(F + 2) == Action.READ
-    c.observe_record(F + 3, 0, "e-mine-2", "me", "me:1", term, 15000, renewal, False, 1)
+    c.observe_record(F + 3, 0, "e-mine-2", "me", "me:1", term, 15000, renewal, False, 1, c.nonce)
     assert c.take_events() & Event.EV_LOST == 0
     assert c.role == _core.Role.LEADER and c.etag == "e-mine-2"
     assert c.deadline_ns == F + T - MARGIN  # from the FIRST send of that renewal
@@ -214,7 +214,7 @@ def test_unknown_acquisition_outcome_is_verified_by_reading() -> None:
     _match, term, renewal, _ = c.begin_write(0)
     c.write_failed(1)
     assert c.poll(1) == Action.READ
-    c.observe_record(2, 0, "e-new", "me", "me:1", term, 15000, renewal, False, 1)
+    c.observe_record(2, 0, "e-new", "me", "me:1", term, 15000, renewal, False, 1, c.nonce)
     assert c.take_events() & Event.EV_ACQUIRED
     assert (c.term, c.deadline_ns) == (4, T - MARGIN)
 
@@ -322,3 +322,46 @@ def test_takeover_never_before_lease_since_first_sighting(
             assert now - first_seen >= T
             return
         assert now - first_seen < T
+
+
+# Rule 0 and rule 2 (see also tests/test_safety.py).
+
+
+def test_campaign_adopts_only_its_own_incarnations_write() -> None:
+    """Rule 4 needs rule 0: same id, term and renewal but another nonce is not ours."""
+    table = LeadershipTable()
+    c = Campaign(table.slot("default", "me"), "me", "me:1", T, F, INF, MARGIN)
+    assert c.poll(0) == Action.READ
+    c.observe_missing(0)
+    _, term, renewal, _ = c.begin_write(0)
+    c.write_conflicted(5 * MS)
+    c.observe_record(6 * MS, 0, "e1", "me", "me:1", term, 1000, renewal, False, 1, "other")
+    assert not c.take_events() & Event.EV_ACQUIRED
+    assert c.role == 0 and c.leader_id == "me" and c.obs_nonce == "other"
+    assert c.takeover_legal_at() == 6 * MS + T
+    # The same read with our own nonce is our write: adopted, lease from our send.
+    c2 = Campaign(table.slot("other", "me"), "me", "me:1", T, F, INF, MARGIN)
+    c2.observe_missing(0)
+    _, term, renewal, _ = c2.begin_write(0)
+    c2.write_conflicted(5 * MS)
+    c2.observe_record(6 * MS, 0, "e1", "me", "me:1", term, 1000, renewal, False, 1, c2.nonce)
+    assert c2.take_events() & Event.EV_ACQUIRED
+    assert c2.deadline_ns == 0 + T - MARGIN
+    table.close()
+
+
+def test_campaign_snapshots_the_lease_when_a_write_begins() -> None:
+    table = LeadershipTable()
+    slot = table.slot("default", "me")
+    c = Campaign(slot, "me", "me:1", 3000 * MS, 100 * MS, 400 * MS, 300 * MS)
+    c.observe_missing(0)
+    c.begin_write(10 * MS)
+    assert c.pending_lease_ms == 3000
+    c.configure(30_000 * MS, 100 * MS, 400 * MS, 500 * MS)
+    assert c.pending_lease_ms == 3000  # the body in flight says 3 s
+    c.write_succeeded(20 * MS, "e1")
+    assert c.deadline_ns == 10 * MS + 3000 * MS - 300 * MS
+    assert c.poll(c.next_at_ns) == Action.RENEW
+    c.begin_write(c.next_at_ns)
+    assert c.pending_lease_ms == 30_000
+    table.close()

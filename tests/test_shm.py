@@ -217,16 +217,20 @@ WATCHER = """
     reader = attach(sys.argv[1])
     print("attached", flush=True)
     last = None
+    led = False
     deadline = time.monotonic() + float(sys.argv[2])
     while time.monotonic() < deadline:
         now = reader.is_leader("default")
+        st = None
         if now != last:
             st = reader.status("default") or {}
             print(json.dumps({"leader": now, "leader_id": st.get("leader_id"),
                               "term": st.get("term"), "role": st.get("role")}), flush=True)
             last = now
-            if now is False and st.get("role") == "stopped":
-                break
+            led = led or now
+        # Released first (role follower), stopped a moment later: wait for both.
+        if led and now is False and (st or reader.status("default") or {}).get("role") == "stopped":
+            break
         time.sleep(0.001)
 """
 
@@ -368,3 +372,64 @@ def test_elector_hot_path_reads_the_same_word_as_other_processes(name: str) -> N
         assert campaign.role == 1  # the state machine was never told
     finally:
         table.close()
+
+
+# --------------------------------------------------------------------------- #
+# Closed objects raise, never crash
+# --------------------------------------------------------------------------- #
+
+AFTER_CLOSE = """
+    import json, sys
+    from fastelect import LeadershipTable, attach
+    from fastelect.errors import LifecycleError
+    name = sys.argv[1]
+    table = LeadershipTable(name)
+    slot = table.slot("cluster", "me")
+    own = table.reader()
+    reader = attach(name)
+    reader.close()
+    table.close()
+    calls = {
+        "table.slot_count": lambda: table.slot_count,
+        "table.slot": lambda: table.slot("other"),
+        "table.reader": lambda: table.reader(),
+        "slot.is_leader": lambda: slot.is_leader(),
+        "slot.lease_remaining_ns": lambda: slot.lease_remaining_ns(),
+        "slot.status": lambda: slot.status(),
+        "slot.heartbeat": lambda: slot.heartbeat(1, 1),
+        "slot.count": lambda: slot.count(0),
+        "slot.release_slot": lambda: slot.release_slot(),
+        "slot.restart_slot": lambda: slot.restart_slot(),
+        "reader.is_leader": lambda: reader.is_leader("cluster"),
+        "reader.status": lambda: reader.status("cluster"),
+        "reader.elections": lambda: reader.elections(),
+        "reader.owner_pid": lambda: reader.owner_pid,
+    }
+    out = {}
+    for what, call in calls.items():
+        try:
+            call()
+            out[what] = "returned"
+        except LifecycleError:
+            out[what] = "LifecycleError"
+    # Questions about the lifecycle itself answer; closing again is harmless.
+    out["answers"] = [reader.closed, reader.stale, table.closed, slot.closed,
+                      own.closed, own.is_leader("cluster")]
+    table.close(); reader.close()
+    print(json.dumps(out))
+"""
+
+
+def test_every_method_of_a_closed_table_slot_or_reader_raises(name: str) -> None:
+    """In a subprocess, so a crash (0.1.0 segfaulted here) fails the test, not the run."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(AFTER_CLOSE), name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    out = json.loads(proc.stdout)
+    answers = out.pop("answers")
+    assert out == dict.fromkeys(out, "LifecycleError"), out
+    assert answers == [True, True, True, True, True, False]

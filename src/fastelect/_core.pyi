@@ -3,8 +3,8 @@
 # Keep it in step with the .pyx: every public name, with the argument names
 # and defaults Cython exposes.  Integers the core returns through ``readonly``
 # attributes or ``def`` methods are plain ints (compare them with the enums,
-# which are IntEnums); durations and instants are CLOCK_MONOTONIC nanoseconds
-# unless a name says ``wall``.
+# which are IntEnums); durations and instants are nanoseconds of the lease
+# clock (LEASE_CLOCK: CLOCK_BOOTTIME on Linux) unless a name says ``wall``.
 
 from enum import IntEnum
 from types import TracebackType
@@ -16,6 +16,8 @@ __all__ = [
     "ACTION_NAMES",
     "HEADER_SIZE",
     "LAYOUT_VERSION",
+    "LEASE_CLOCK",
+    "LEASE_CLOCK_NAME",
     "SLOT_SIZE",
     "Campaign",
     "LeadershipTable",
@@ -44,6 +46,7 @@ class Event(IntEnum):
     EV_LOST = 2
     EV_NEW_LEADER = 4
     EV_CYCLE = 8
+    EV_DUPLICATE_ID = 16
 
 class Counter(IntEnum):
     C_RENEWALS = 0
@@ -58,6 +61,7 @@ class Counter(IntEnum):
     C_WRITES = 9
     C_STORAGE_ERRORS = 10
     C_CONFLICTS = 11
+    C_DUPLICATE_IDS = 12
 
 class SlotState(IntEnum):
     SLOT_FREE = 0
@@ -81,9 +85,16 @@ SLOT_SIZE: Final[int]
 MAX_ID_BYTES: Final[int]
 #: Longest election name, in UTF-8 bytes.
 MAX_ELECTION_NAME_BYTES: Final[int]
+#: The clock id (a time.CLOCK_* value) every lease and deadline is measured on.
+LEASE_CLOCK: Final[int]
+#: Its name: "CLOCK_BOOTTIME" on Linux, "CLOCK_MONOTONIC" where that counts sleep.
+LEASE_CLOCK_NAME: Final[str]
 
 def monotonic_ns() -> int:
-    """CLOCK_MONOTONIC in nanoseconds: the clock every deadline is measured on."""
+    """The lease clock in nanoseconds (CLOCK_BOOTTIME on Linux: it counts suspend)."""
+
+def new_nonce() -> str:
+    """A fresh incarnation nonce: 64 random bits as 16 hex digits (rule 0)."""
 
 def shm_path(name: str) -> str:
     """Where a named table lives on Linux (for tests and operators)."""
@@ -103,6 +114,10 @@ class LeadershipTable:
     def slot_count(self) -> int: ...
     @property
     def path(self) -> str | None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def inherited(self) -> bool: ...
     def slot(self, election: str, server_id: str = "") -> Slot: ...
     def reader(self) -> TableReader: ...
     def close(self) -> None: ...
@@ -124,10 +139,13 @@ class Slot:
     def index(self) -> int: ...
     def is_leader(self) -> bool: ...
     def lease_remaining_ns(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
     def status(self) -> dict[str, Any]:
         """Keys: election, state, role, lease_until_ns, deadline_ns, term, lease_ns,
         last_update_wall_ns, last_cycle_mono_ns, watchdog_ns, leader_since_mono_ns,
-        server_id, leader_id, leader_addr, etag, counters (a dict by COUNTER_NAMES)."""
+        server_id, leader_id, leader_addr, leader_id_truncated, leader_addr_truncated,
+        etag, counters (a dict by COUNTER_NAMES)."""
     def heartbeat(self, now_ns: int, watchdog_ns: int) -> None: ...
     def count(self, counter: int) -> None: ...
     def release_slot(self) -> None: ...
@@ -168,6 +186,8 @@ class Campaign:
     @property
     def server_addr(self) -> str: ...
     @property
+    def nonce(self) -> str: ...
+    @property
     def role(self) -> int: ...
     @property
     def deadline_ns(self) -> int: ...
@@ -179,6 +199,12 @@ class Campaign:
     def pending_kind(self) -> int: ...
     @property
     def obs_etag(self) -> str: ...
+    @property
+    def obs_nonce(self) -> str: ...
+    @property
+    def duplicate_nonce(self) -> str: ...
+    @property
+    def pending_lease_ms(self) -> int: ...
     @property
     def leader_id(self) -> str: ...
     @property
@@ -215,6 +241,7 @@ class Campaign:
         max_skew_ns: int = -1,
         peer_mode: bool = False,
         now_ns: int = 0,
+        nonce: str = "",
     ) -> None: ...
     def configure(
         self,
@@ -250,9 +277,10 @@ class Campaign:
         renewal: int,
         released: bool,
         updated_wall_ns: int,
+        nonce: str = "",
     ) -> None: ...
     def observe_peer(self, now_ns: int, ok: bool, leader_id: str = "", etag: str = "") -> None: ...
     def begin_release(self, now_ns: int) -> bool: ...
     def step_down(self, now_ns: int) -> None: ...
     def stop(self, now_ns: int) -> None: ...
-    def restart(self, now_ns: int) -> None: ...
+    def restart(self, now_ns: int, nonce: str = "") -> None: ...

@@ -399,6 +399,8 @@ class Manager:
         self._health_starting = False
         self._stopped = False
         self._stop_done = asyncio.Event()
+        # Rule 7: in a child forked from this process the manager is inert.
+        self._pid = os.getpid()
 
     # -- leadership: the hot path ---------------------------------------------------
 
@@ -561,6 +563,16 @@ class Manager:
             await self._stop_done.wait()
             return
         self._stopped = True
+        if os.getpid() != self._pid:
+            # A forked child: the electors, their records and the health server
+            # are the parent's.  Releasing or killing them from here would end
+            # the parent's leadership behind its back; just let go.
+            self.__dict__.pop("is_cluster_leader", None)
+            self.__dict__.pop("is_shard_leader", None)
+            self._cluster = self._shard = None
+            self._health = self._table = None
+            self._stop_done.set()
+            return
         try:
             await self._stop()
         finally:
@@ -630,6 +642,11 @@ class Manager:
         return extra
 
     def _check_not_stopped(self) -> None:
+        if os.getpid() != self._pid:
+            raise LifecycleError(
+                "this election manager was inherited through fork(); create a new Manager "
+                "in the child"
+            )
         if self._stopped:
             raise LifecycleError("the election manager is stopped; create a new Manager")
 

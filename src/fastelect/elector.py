@@ -7,17 +7,23 @@ monotonic timestamps, and turns the core's events into logs, hooks and
 cancellation of leader-only work.  It works on any asyncio loop.
 
 What is guaranteed (given storage with atomic conditional writes and clocks
-whose *rates* agree within the safety margin; wall clocks need not agree):
+whose *rates* agree within the safety margin; wall clocks need not agree;
+the rules and their proofs are in ``docs/safety.md``):
 
-* at most one node answers ``is_leader() == True`` at any instant;
+* at most one node answers ``is_leader() == True`` at any instant, even when
+  two processes share a ``server_id`` or a restarted process meets its dead
+  predecessor's delayed writes (each incarnation writes its own nonce);
 * ``is_leader()`` turns False by itself when the lease ends, even if this
-  event loop is blocked or the process is starved;
+  event loop is blocked, the process is starved or the host was suspended;
 * each leadership carries a ``term`` strictly larger than every earlier one,
-  usable as a fencing token by systems that check it.
+  usable as a fencing token by systems that check it;
+* :meth:`Elector.run_while_leader` never resumes its coroutine after the
+  lease ended; a ``leadership()`` block is cancelled at its next scheduling
+  point and can check :meth:`Elector.fence` before each side effect.
 
-What is not: a leader's *side effects* already in flight when its lease
-ends can still land afterwards.  Pass ``term`` to the systems you write to
-and let them reject stale terms if that matters.
+What is not: a step already running when the lease ends finishes, and
+side effects already in flight can still land afterwards.  Pass ``term`` to
+the systems you write to and let them reject stale terms if that matters.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -75,6 +82,47 @@ class LeadershipStatus:
     consecutive_fails: int
     #: The fencing token of the current leadership (ours when leading).
     term: int
+    #: The nonce of another live process writing under our ``server_id``
+    #: ("" unless such a clash was seen; see ``docs/safety.md``, rule 0).
+    duplicate_id_nonce: str = ""
+
+
+class _LeaseGuard:
+    """Drives a coroutine step by step, resuming it only while ``alive()``.
+
+    Rule 6: before every resume the compiled lease check runs; once it fails,
+    ``CancelledError`` is thrown into the coroutine instead of resuming it, so
+    no step of the work starts after the lease -- even when the loop wakes up
+    late (frozen, starved or suspended process) with the step already queued.
+    """
+
+    __slots__ = ("_alive", "_coro", "lost")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], alive: Callable[[], bool]) -> None:
+        self._coro = coro
+        self._alive = alive
+        self.lost = False
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        value: Any = None
+        exc: BaseException | None = None
+        while True:
+            if not self._alive():
+                self.lost = True
+                exc = asyncio.CancelledError("fastelect: the lease ended")
+            try:
+                yielded = coro.send(value) if exc is None else coro.throw(exc)
+            except StopIteration as done:
+                return done.value
+            value, exc = None, None
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as thrown:  # the task's cancel() and friends
+                exc = thrown
 
 
 def _wake_up(waiter: asyncio.Future[None]) -> None:
@@ -117,6 +165,7 @@ class Elector:
         self.election = election
         # The hot path: a bound method of the compiled slot, no Python frame.
         self.is_leader: Callable[[], bool] = self._slot.is_leader  # type: ignore[method-assign]
+        self._pid = os.getpid()
         self._campaign = Campaign(
             self._slot,
             config.server_id,
@@ -131,6 +180,7 @@ class Elector:
         )
         self._where = storage.describe(config.lockfile_path)
         self._extra = {"lock": self._where, "elector": config.server_id, "election": election}
+        self._clashes_reported: set[str] = set()
         self._peer: PeerChecker | None = None
         self._retired_peers: list[PeerChecker] = []
         self._peer_healthy = True
@@ -177,9 +227,18 @@ class Elector:
         return int(c.term if c.role == _core.Role.LEADER else c.observed_term)
 
     @property
+    def nonce(self) -> str:
+        """This incarnation's nonce, written into every record (new at each start)."""
+        return str(self._campaign.nonce)
+
+    @property
     def running(self) -> bool:
         """True between start() and stop()."""
-        return self._task is not None and not self._task.done()
+        return self._task is not None and not self._task.done() and not self._forked()
+
+    def _forked(self) -> bool:
+        # Rule 7: an elector inherited through fork() is inert in the child.
+        return os.getpid() != self._pid
 
     @property
     def slot(self) -> _core.Slot:
@@ -201,6 +260,7 @@ class Elector:
             last_election_time=_mono_to_wall(c.last_election_ns),
             consecutive_fails=c.consecutive_fails,
             term=self.term,
+            duplicate_id_nonce=c.duplicate_nonce,
         )
 
     async def start(self) -> None:
@@ -209,6 +269,10 @@ class Elector:
         Raises the storage's typed error (missing bucket, bad credentials) at
         once instead of retrying forever, and LifecycleError if running.
         """
+        if self._forked():
+            raise LifecycleError(
+                "this elector was inherited through fork(); create a new Elector in the child"
+            )
         if self.running:
             raise LifecycleError(f"elector {self._config.server_id!r} is already running")
         await self._storage.check()
@@ -221,6 +285,7 @@ class Elector:
         self._stopping = False
         self._release_requested = False
         if self._campaign.role == _core.Role.STOPPED:
+            # Rule 0: every start is a new incarnation with a fresh nonce.
             self._campaign.restart(_core.monotonic_ns())
         self._hooks_task = loop.create_task(
             self._run_hooks(), name=f"fastelect-hooks-{self.election}"
@@ -237,6 +302,11 @@ class Elector:
         """
         task = self._task
         if task is None:
+            return
+        if self._forked():
+            # The campaign belongs to the parent: releasing its record from here
+            # would end the parent's leadership behind its back.
+            self._task = None
             return
         self._stopping = True
         self._kick()
@@ -374,16 +444,66 @@ class Elector:
                     f"{self._config.server_id} lost leadership of {self._where}"
                 ) from None
             raise
+        except LeadershipLost:
+            if getattr(task, "_fastelect_lost", False):
+                # The expiry timer cancelled us too; that cancel is answered here.
+                task._fastelect_lost = False  # type: ignore[attr-defined]
+                task.uncancel()
+            raise
         finally:
             self._scoped.discard(task)
 
-    async def run_while_leader(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Wait for leadership, then run ``fn()``; cancelled if leadership ends.
+    def fence(self, term: int | None = None) -> int:
+        """Check the lease now, before a side effect; return the term (fencing token).
 
-        Returns ``fn``'s result, or raises :class:`LeadershipLost`.
+        Raises :class:`LeadershipLost` unless this node leads at this instant
+        (the same compiled check as ``is_leader()``) and, when ``term`` is
+        given, still in that same leadership.  Use it in a ``leadership()``
+        block before each write that must not happen outside the lease, and
+        pass the term to systems that can reject stale ones.
+        """
+        if not self._slot.is_leader():
+            raise LeadershipLost(f"{self._config.server_id} does not lead {self._where}")
+        current = int(self._campaign.term)
+        if term is not None and term != current:
+            raise LeadershipLost(
+                f"leadership of term {term} ended (now term {current}) at {self._where}"
+            )
+        return current
+
+    async def run_while_leader(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Wait for leadership, then run ``fn()`` as guarded leader work.
+
+        The coroutine is driven step by step and never resumed once the lease
+        has ended (rule 6): a step already running when the deadline passes
+        finishes, but no later step starts.  Returns ``fn``'s result, or
+        raises :class:`LeadershipLost`.
         """
         async with self.leadership():
-            return await fn()
+            generation = self._generation
+            slot_is_leader = self._slot.is_leader
+
+            def alive() -> bool:
+                return generation == self._generation and slot_is_leader()
+
+            work = fn()
+            if not inspect.iscoroutine(work):
+                raise TypeError(f"run_while_leader needs a coroutine function, got {work!r}")
+            guard = _LeaseGuard(work, alive)
+            try:
+                result: T = await guard
+            except asyncio.CancelledError:
+                if guard.lost:
+                    raise LeadershipLost(
+                        f"{self._config.server_id} lost leadership of {self._where}"
+                    ) from None
+                raise
+            if guard.lost:
+                raise LeadershipLost(
+                    f"{self._config.server_id} lost leadership of {self._where} "
+                    "(the work returned after being cancelled)"
+                )
+            return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- the loop ------------------------------------------------------------------
@@ -496,6 +616,7 @@ class Elector:
             record.renewal,
             record.released,
             record.last_updated_ns or 0,
+            record.nonce,
         )
 
     async def _write(self) -> None:
@@ -504,13 +625,15 @@ class Elector:
         kind = c.next_action
         if_match, term, renewal, released = c.begin_write(_core.monotonic_ns())
         wall = None if released else time.time_ns()
+        # Rule 2: the body advertises the lease snapshotted when the write began.
         body = encode_record(
             cfg.server_id,
             cfg.server_addr,
             wall,
             term,
-            cfg.ns("leader_timeout") // 1_000_000,
+            c.pending_lease_ms,
             renewal,
+            c.nonce,
         )
         try:
             async with asyncio.timeout(self._op_timeout()):
@@ -579,6 +702,8 @@ class Elector:
         if not events:
             return
         c = self._campaign
+        if events & Event.EV_DUPLICATE_ID:
+            self._report_duplicate(c.duplicate_nonce)
         if events & Event.EV_CYCLE and self._first_cycle is not None:
             self._first_cycle.set()
         if events & Event.EV_LOST:
@@ -617,6 +742,20 @@ class Elector:
             # Wake every waiter of this change; later waiters wait for the next one.
             self._changed.set()
             self._changed = asyncio.Event()
+
+    def _report_duplicate(self, nonce: str) -> None:
+        if nonce in self._clashes_reported:
+            return
+        self._clashes_reported.add(nonce)
+        self._log.error(
+            "another live process writes %s under this elector's id %r (its nonce %s, ours "
+            "%s): server ids must be unique; only one of the two can lead",
+            self._where,
+            self._config.server_id,
+            nonce or "(none)",
+            self._campaign.nonce,
+            extra={**self._extra, "duplicate_nonce": nonce},
+        )
 
     def _arm_expiry(self, deadline_ns: int) -> None:
         # Leader-only work must not outlive the lease (rule 6), even if the loop

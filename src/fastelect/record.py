@@ -4,10 +4,12 @@ The JSON is a superset of s3lect's, so Go and Python nodes share one lock::
 
     {"leaderID": "server-001", "leaderAddr": "10.0.1.42:8443",
      "lastUpdated": "2026-11-26T10:30:45.123456Z", "term": 7,
-     "leaseMs": 15000, "renewal": 1234, "v": 1}
+     "leaseMs": 15000, "renewal": 1234, "nonce": "9f2c4e1a7b3d5c60", "v": 1}
 
 ``term`` is the fencing token; a record without it (written by s3lect) counts
-as term 0.  A released record keeps its id and term and carries the zero time
+as term 0.  ``nonce`` names the elector incarnation that wrote the record
+(safety rule 0); s3lect neither writes nor keeps it.  Ids and addresses may be
+as long as the 64 KiB record allows, as s3lect's are.  A released record keeps its id and term and carries the zero time
 ``0001-01-01T00:00:00Z`` (s3lect's convention) as ``lastUpdated``.
 """
 
@@ -48,6 +50,8 @@ class LockRecord:
     term: int
     lease_ms: int
     renewal: int
+    #: The writer's incarnation nonce ("" when absent, as in s3lect's records).
+    nonce: str = ""
 
     @property
     def released(self) -> bool:
@@ -125,6 +129,7 @@ def encode_record(
     term: int,
     lease_ms: int,
     renewal: int,
+    nonce: str = "",
 ) -> bytes:
     """The record's JSON bytes; ``last_updated_ns=None`` writes a released record."""
     return orjson.dumps(
@@ -135,6 +140,7 @@ def encode_record(
             "term": term,
             "leaseMs": lease_ms,
             "renewal": renewal,
+            "nonce": nonce,
             "v": RECORD_VERSION,
         }
     )
@@ -168,8 +174,9 @@ def parse_record(body: bytes) -> LockRecord:
     updated = data.get("lastUpdated")
     if not isinstance(updated, str):
         raise RecordError("lastUpdated must be an RFC 3339 string")
-    if len(leader_id.encode()) > 126 or len(leader_addr.encode()) > 126:
-        raise RecordError("leaderID/leaderAddr longer than 126 bytes")
+    nonce = data.get("nonce", "")
+    if not isinstance(nonce, str) or len(nonce) > 64:
+        raise RecordError("nonce must be a string of at most 64 characters")
     return LockRecord(
         leader_id=leader_id,
         leader_addr=leader_addr,
@@ -177,4 +184,5 @@ def parse_record(body: bytes) -> LockRecord:
         term=_int_field(data, "term", 0),
         lease_ms=_int_field(data, "leaseMs", 0),
         renewal=_int_field(data, "renewal", 0),
+        nonce=nonce,
     )

@@ -1,0 +1,547 @@
+# The leadership table: one 1024-byte slot per election in a block of shared
+# memory (layout version 2, docs/table-layout.md).  Included by _core.pyx.
+#
+# One process writes a table; any process of the same user may map it
+# read-only by name.  Each slot is guarded by a seqlock, and the one word
+# is_leader() needs -- the lease deadline, 0 unless leader -- is read with a
+# single atomic load, so the hot path takes no lock and allocates nothing.
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
+_SHM_PREFIX = "/fastelect."
+
+
+cdef inline bint _put_str(char *dst, uint16_t *len_out, Py_ssize_t cap, str value):
+    """Copy ``value`` as UTF-8, cut at a character boundary; True if it was cut."""
+    cdef bytes raw = value.encode("utf-8")
+    cdef Py_ssize_t n = len(raw)
+    cdef const unsigned char *src = <const unsigned char *>raw
+    cdef bint cut = n > cap
+    if cut:
+        n = cap
+        while n > 0 and (src[n] & 0xC0) == 0x80:
+            n -= 1
+    memcpy(dst, src, n)
+    len_out[0] = <uint16_t>n
+    return cut
+
+
+cdef inline str _get_str(const char *src, uint16_t n, Py_ssize_t cap):
+    if n > cap:
+        n = <uint16_t>cap
+    return src[:n].decode("utf-8", "replace")
+
+
+cdef class _Mapping:
+    """A mapped table segment: anonymous (private to this process) or named
+    POSIX shared memory.  Registered with the fork guard while mapped."""
+
+    def __cinit__(self):
+        memset(&self.r, 0, sizeof(fe_region))
+
+    def __dealloc__(self):
+        self.release()
+
+    cdef fe_header *header(self):
+        return <fe_header *>self.r.base
+
+    cdef fe_slot *slot_at(self, Py_ssize_t index):
+        return <fe_slot *>(self.r.base + sizeof(fe_header) + index * sizeof(fe_slot))
+
+    cdef void release(self):
+        if self.r.base != NULL:
+            fe_region_remove(&self.r)
+            munmap(self.r.base, self.r.size)
+            self.r.base = NULL
+
+
+cdef _Mapping _adopt(void *p, size_t size, bint owned):
+    cdef _Mapping m = _Mapping.__new__(_Mapping)
+    m.r.base = <unsigned char *>p
+    m.r.size = size
+    m.r.owned = owned
+    fe_region_add(&m.r)
+    return m
+
+
+def _shm_name(str name):
+    if not _NAME_RE.match(name):
+        raise ValueError(
+            f"table name {name!r} must be 1-24 characters of letters, digits, '_', '.', '-'"
+        )
+    return _SHM_PREFIX + name
+
+
+def shm_path(str name):
+    """Where a named table lives on Linux (for tests and operators)."""
+    return "/dev/shm/" + _shm_name(name)[1:]
+
+
+cdef _Mapping _map_fd(int fd, size_t size, bint writable):
+    cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
+    cdef void *p = mmap(NULL, size, prot, MAP_SHARED, fd, 0)
+    if p == MAP_FAILED:
+        raise OSError(errno, os.strerror(errno))
+    return _adopt(p, size, writable)
+
+
+def _pid_alive(int64_t pid):
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+cdef _Mapping _open_existing(str shm, bint writable):
+    """Map an existing named segment; None if it vanished meanwhile."""
+    cdef bytes path = shm.encode()
+    cdef int fd = shm_open(path, O_RDWR if writable else O_RDONLY, 0)
+    if fd < 0:
+        if errno == 2:  # ENOENT
+            return None
+        raise OSError(errno, f"cannot open shared memory {shm}: {os.strerror(errno)}")
+    cdef struct_stat st
+    try:
+        if fstat(fd, &st) != 0:
+            raise OSError(errno, os.strerror(errno))
+        if <size_t>st.st_size < sizeof(fe_header):
+            return _Mapping.__new__(_Mapping)  # empty: not (yet) a table
+        return _map_fd(fd, <size_t>st.st_size, writable)
+    finally:
+        close(fd)
+
+
+cdef int _validate_header(_Mapping m) except -1:
+    cdef fe_header *h
+    if m.r.base == NULL:
+        raise FastelectError("not a fastelect leadership table (segment is empty)")
+    h = m.header()
+    if h.magic != FE_MAGIC:
+        raise FastelectError("not a fastelect leadership table (bad magic)")
+    if h.version != FE_LAYOUT_VERSION:
+        raise FastelectError(
+            f"leadership table layout {h.version} is not supported (this build reads "
+            f"{FE_LAYOUT_VERSION}); upgrade the process that wrote it or this one"
+        )
+    if (h.header_size != sizeof(fe_header) or h.slot_size != sizeof(fe_slot)
+            or m.r.size < sizeof(fe_header) + <size_t>h.slot_count * sizeof(fe_slot)):
+        raise FastelectError("leadership table is truncated or has a foreign layout")
+    return 0
+
+
+cdef class LeadershipTable:
+    """The leadership table this process writes: one slot per election.
+
+    ``LeadershipTable()`` is private to the process; ``LeadershipTable("name")``
+    publishes it as POSIX shared memory (mode 0600) so other processes of the
+    same user can :func:`attach` it.  A segment of that name left behind by a
+    dead process is replaced; one held by a live process raises
+    :class:`FastelectError`.  In a child forked from this process, every slot
+    of the table reads as not leading (safety rule 7).
+    """
+
+    def __init__(self, name=None, int slots=8):
+        if slots < 1 or slots > 256:
+            raise ValueError("slots must be between 1 and 256")
+        cdef size_t size = sizeof(fe_header) + <size_t>slots * sizeof(fe_slot)
+        cdef void *p
+        cdef int fd
+        cdef bytes path
+        self.name = name
+        self._slots = {}
+        if name is None:
+            p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+            if p == MAP_FAILED:
+                raise OSError(errno, os.strerror(errno))
+            self._map = _adopt(p, size, True)
+        else:
+            shm = _shm_name(name)
+            path = shm.encode()
+            for _ in range(3):
+                fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+                if fd >= 0:
+                    break
+                if errno != 17:  # EEXIST
+                    raise OSError(errno, f"cannot create shared memory {shm}: {os.strerror(errno)}")
+                self._replace_stale(shm)
+            else:
+                raise FastelectError(f"could not create shared memory {shm}: it keeps reappearing")
+            try:
+                if ftruncate(fd, size) != 0:
+                    raise OSError(errno, os.strerror(errno))
+                self._map = _map_fd(fd, size, True)
+            except BaseException:
+                shm_unlink(path)
+                raise
+            finally:
+                close(fd)
+            self._map.name = shm
+            self._map.r.unlink_on_close = 1
+        memset(self._map.r.base, 0, size)
+        cdef fe_header *h = self._map.header()
+        h.version = FE_LAYOUT_VERSION
+        h.header_size = sizeof(fe_header)
+        h.slot_count = slots
+        h.slot_size = sizeof(fe_slot)
+        h.owner_pid = os.getpid()
+        h.created_wall_ns = time.time_ns()
+        h.created_mono_ns = fe_clock_ns()
+        # magic last: a reader that sees it sees a complete header.
+        fe_publish_magic(h)
+
+    def _replace_stale(self, str shm):
+        cdef _Mapping old = _open_existing(shm, False)
+        if old is None:
+            return
+        cdef fe_header *h
+        if old.r.base != NULL and old.r.size >= sizeof(fe_header):
+            h = old.header()
+            if h.magic == FE_MAGIC and not h.closed and _pid_alive(h.owner_pid):
+                raise FastelectError(
+                    f"leadership table {shm!r} is in use by live process {h.owner_pid}"
+                )
+        # Dead owner, closed, or not a table of ours: never trust it.
+        shm_unlink(shm.encode())
+
+    @property
+    def slot_count(self):
+        """How many elections this table can hold."""
+        self._check_open()
+        return self._map.header().slot_count
+
+    @property
+    def path(self):
+        """The segment's filesystem path on Linux, or None when anonymous."""
+        return None if self.name is None else shm_path(self.name)
+
+    @property
+    def closed(self):
+        """True once :meth:`close` ran."""
+        return self._map is None
+
+    @property
+    def inherited(self):
+        """True in a child forked from the process that created this table."""
+        return self._map is not None and bool(self._map.r.inherited)
+
+    def _check_open(self):
+        if self._map is None or self._map.r.base == NULL:
+            raise LifecycleError("leadership table is closed")
+
+    def slot(self, str election, str server_id=""):
+        """Claim (or return the already claimed) slot for ``election``."""
+        self._check_open()
+        if self._map.r.inherited:
+            raise LifecycleError(
+                "this leadership table was inherited through fork(); create a new one "
+                "in the child"
+            )
+        if election in self._slots:
+            return self._slots[election]
+        if not election or len(election.encode()) > FE_STR_SHORT - 2:
+            raise ValueError(f"election name must be 1-{FE_STR_SHORT - 2} bytes")
+        cdef int index = len(self._slots)
+        if <uint32_t>index >= self._map.header().slot_count:
+            raise FastelectError(f"leadership table is full ({index} elections)")
+        cdef Slot s = Slot.__new__(Slot)
+        s._map = self._map
+        s._s = self._map.slot_at(index)
+        s.election = election
+        s.index = index
+        s._begin()
+        _put_str(s._s.name.data, &s._s.name.len, FE_STR_SHORT - 2, election)
+        _put_str(s._s.server_id.data, &s._s.server_id.len, FE_STR_LONG - 2, server_id)
+        s._s.state = SLOT_STARTED
+        s._s.role = FOLLOWER
+        s._s.last_cycle_mono_ns = fe_clock_ns()
+        s._end()
+        self._slots[election] = s
+        return s
+
+    def reader(self):
+        """A :class:`TableReader` over this table, as another process would see it."""
+        self._check_open()
+        cdef TableReader r = TableReader.__new__(TableReader)
+        r._map = self._map
+        r._index = {}
+        r.name = self.name
+        return r
+
+    def close(self):
+        """Zero every lease, mark the table closed and remove the named segment.
+
+        Its slots raise :class:`LifecycleError` afterwards.  In a forked child
+        this only lets go of the (private) copy: the parent's table is untouched.
+        """
+        if self._map is None:
+            return
+        cdef fe_header *h = self._map.header()
+        cdef uint32_t i
+        cdef fe_slot *s
+        cdef Slot slot
+        for slot in self._slots.values():
+            slot._closed = True
+        if not self._map.r.inherited and self._map.r.base != NULL:
+            for i in range(h.slot_count):
+                s = self._map.slot_at(i)
+                fe_write_begin(s)
+                fe_store_i64(&s.lease_until_ns, 0)
+                if s.state == SLOT_STARTED:
+                    s.state = SLOT_STOPPED
+                fe_write_end(s)
+            h.closed = 1
+            if self._map.r.unlink_on_close and self._map.name is not None:
+                shm_unlink((<str>self._map.name).encode())
+        self._map.r.unlink_on_close = 0
+        # Slots and readers keep a reference to the mapping; it is unmapped when
+        # the last of them goes.
+        self._map = None
+        self._slots = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+cdef dict _slot_dict(fe_slot *c):
+    cdef int i
+    return {
+        "election": _get_str(c.name.data, c.name.len, FE_STR_SHORT - 2),
+        "state": ("free", "started", "stopped")[c.state] if c.state <= 2 else "unknown",
+        "role": ROLE_NAMES[c.role] if c.role <= 2 else "unknown",
+        "lease_until_ns": c.lease_until_ns,
+        "deadline_ns": c.deadline_ns,
+        "term": c.term,
+        "lease_ns": c.lease_ns,
+        "last_update_wall_ns": c.last_update_wall_ns,
+        "last_cycle_mono_ns": c.last_cycle_mono_ns,
+        "watchdog_ns": c.watchdog_ns,
+        "leader_since_mono_ns": c.leader_since_mono_ns,
+        "server_id": _get_str(c.server_id.data, c.server_id.len, FE_STR_LONG - 2),
+        "leader_id": _get_str(c.leader_id.data, c.leader_id.len, FE_STR_LONG - 2),
+        "leader_addr": _get_str(c.leader_addr.data, c.leader_addr.len, FE_STR_LONG - 2),
+        "leader_id_truncated": bool(c.flags & FE_FLAG_LEADER_ID_TRUNCATED),
+        "leader_addr_truncated": bool(c.flags & FE_FLAG_LEADER_ADDR_TRUNCATED),
+        "etag": _get_str(c.etag.data, c.etag.len, FE_STR_LONG - 2),
+        "counters": {COUNTER_NAMES[i]: c.counters[i] for i in range(len(COUNTER_NAMES))},
+    }
+
+
+cdef object _closed_slot():
+    raise LifecycleError("leadership slot is closed (its table was closed)")
+
+
+cdef class Slot:
+    """This process's slot for one election; written only by its Campaign."""
+
+    def is_leader(self):
+        """True while this slot holds a lease that has not run out, read now."""
+        if self._closed:
+            _closed_slot()
+        return fe_clock_ns() < fe_load_i64(&self._s.lease_until_ns)
+
+    def lease_remaining_ns(self):
+        """Nanoseconds of lease left (0 when not leader)."""
+        if self._closed:
+            _closed_slot()
+        cdef int64_t left = fe_load_i64(&self._s.lease_until_ns) - fe_clock_ns()
+        return left if left > 0 else 0
+
+    @property
+    def closed(self):
+        """True once the table this slot belongs to was closed."""
+        return bool(self._closed)
+
+    def status(self):
+        """A consistent snapshot of the slot as a dict."""
+        if self._closed:
+            _closed_slot()
+        cdef fe_slot copy
+        if fe_read_slot(self._s, &copy) != 0:
+            raise FastelectError("leadership slot stayed busy")
+        return _slot_dict(&copy)
+
+    def heartbeat(self, int64_t now_ns, int64_t watchdog_ns):
+        """Record that the elector loop completed a cycle at ``now_ns``."""
+        if self._closed:
+            _closed_slot()
+        self._begin()
+        self._s.last_cycle_mono_ns = now_ns
+        self._s.watchdog_ns = watchdog_ns
+        self._end()
+
+    def count(self, int counter):
+        """Add one to a counter (a :class:`Counter` value)."""
+        if self._closed:
+            _closed_slot()
+        if counter < 0 or counter >= 16:
+            raise ValueError(f"no counter {counter}")
+        self._bump(counter)
+
+    def release_slot(self):
+        """Mark the election stopped: no lease, state stopped."""
+        if self._closed:
+            _closed_slot()
+        self._begin()
+        fe_store_i64(&self._s.lease_until_ns, 0)
+        self._s.role = STOPPED
+        self._s.state = SLOT_STOPPED
+        self._end()
+
+    def restart_slot(self):
+        """Mark a stopped slot started again (a restarted elector)."""
+        if self._closed:
+            _closed_slot()
+        self._begin()
+        self._s.state = SLOT_STARTED
+        self._s.role = FOLLOWER
+        self._s.last_cycle_mono_ns = fe_clock_ns()
+        self._end()
+
+    # The Campaign's writers: no closed check (a stopping elector may still
+    # record its last step); after close the pages are only this process's.
+
+    cdef void _begin(self):
+        fe_write_begin(self._s)
+
+    cdef void _end(self):
+        fe_write_end(self._s)
+
+    cdef void _set_leader(self, int64_t lease_until, int64_t deadline):
+        self._s.role = LEADER
+        self._s.deadline_ns = deadline
+        fe_store_i64(&self._s.lease_until_ns, lease_until)
+
+    cdef void _set_follower(self):
+        fe_store_i64(&self._s.lease_until_ns, 0)
+        self._s.role = FOLLOWER
+
+    cdef void _bump(self, int counter):
+        self._begin()
+        self._s.counters[counter] += 1
+        self._end()
+
+    cdef void _put_leader(self, str leader_id, str leader_addr):
+        """Copy the leader's id and address (inside a write); flag what was cut."""
+        cdef uint32_t flags = self._s.flags & ~(FE_FLAG_LEADER_ID_TRUNCATED
+                                                | FE_FLAG_LEADER_ADDR_TRUNCATED)
+        if _put_str(self._s.leader_id.data, &self._s.leader_id.len, FE_STR_LONG - 2, leader_id):
+            flags |= FE_FLAG_LEADER_ID_TRUNCATED
+        if _put_str(self._s.leader_addr.data, &self._s.leader_addr.len, FE_STR_LONG - 2,
+                    leader_addr):
+            flags |= FE_FLAG_LEADER_ADDR_TRUNCATED
+        self._s.flags = flags
+
+
+cdef class TableReader:
+    """Read-only view of a leadership table, in this or another process.
+
+    A reader of another process's table keeps answering for that process in
+    a child forked from this one; a reader of this process's own table reads
+    as not leading there (safety rule 7).
+    """
+
+    cdef _Mapping _open_map(self):
+        if self._map is None or self._map.r.base == NULL:
+            raise LifecycleError("table reader is closed")
+        return self._map
+
+    cdef fe_slot *_find(self, str election) except? NULL:
+        cdef _Mapping m = self._open_map()
+        cdef object idx = self._index.get(election)
+        cdef fe_header *h
+        cdef uint32_t i
+        cdef fe_slot copy
+        if idx is not None:
+            return m.slot_at(<Py_ssize_t>idx)
+        h = m.header()
+        # Slots are claimed in order and never move, so a found index stays valid.
+        for i in range(h.slot_count):
+            if fe_read_slot(m.slot_at(i), &copy) != 0:
+                continue
+            if copy.state == SLOT_FREE:
+                break
+            if _get_str(copy.name.data, copy.name.len, FE_STR_SHORT - 2) == election:
+                self._index[election] = i
+                return m.slot_at(i)
+        return NULL
+
+    def is_leader(self, str election="default"):
+        """True while the table's owner holds a live lease for ``election``."""
+        cdef fe_slot *s = self._find(election)
+        if s == NULL:
+            return False
+        return fe_clock_ns() < fe_load_i64(&s.lease_until_ns)
+
+    def status(self, str election="default"):
+        """A consistent snapshot of ``election``'s slot, or None if not started."""
+        cdef fe_slot *s = self._find(election)
+        cdef fe_slot copy
+        if s == NULL:
+            return None
+        if fe_read_slot(s, &copy) != 0:
+            raise FastelectError("leadership slot stayed busy")
+        return _slot_dict(&copy)
+
+    def elections(self):
+        """Names of the elections started in this table, in slot order."""
+        cdef _Mapping m = self._open_map()
+        cdef fe_header *h = m.header()
+        cdef uint32_t i
+        cdef fe_slot copy
+        names = []
+        for i in range(h.slot_count):
+            if fe_read_slot(m.slot_at(i), &copy) != 0 or copy.state == SLOT_FREE:
+                break
+            names.append(_get_str(copy.name.data, copy.name.len, FE_STR_SHORT - 2))
+        return names
+
+    @property
+    def owner_pid(self):
+        """The pid of the process that writes this table."""
+        return self._open_map().header().owner_pid
+
+    @property
+    def closed(self):
+        """True once this reader was closed, or the owner closed (or replaced) the table."""
+        if self._map is None or self._map.r.base == NULL:
+            return True
+        return bool(self._map.header().closed)
+
+    @property
+    def stale(self):
+        """True when the table is closed or its owner process is gone."""
+        if self.closed:
+            return True
+        return not _pid_alive(self._map.header().owner_pid)
+
+    def close(self):
+        """Unmap the table (if this reader is the last user of the mapping)."""
+        self._map = None
+        self._index = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def attach(str name):
+    """Map the named leadership table read-only; raises if it does not exist."""
+    shm = _shm_name(name)
+    cdef _Mapping m = _open_existing(shm, False)
+    if m is None:
+        raise FastelectError(f"no leadership table named {name!r} (is the elector running?)")
+    _validate_header(m)
+    cdef TableReader r = TableReader.__new__(TableReader)
+    r._map = m
+    r._index = {}
+    r.name = name
+    return r
