@@ -365,3 +365,14 @@ def test_campaign_snapshots_the_lease_when_a_write_begins() -> None:
     c.begin_write(c.next_at_ns)
     assert c.pending_lease_ms == 30_000
     table.close()
+
+
+def test_terms_stay_monotone_per_elector_through_an_s3lect_leadership() -> None:
+    """s3lect drops ``term`` (reads as 0): our next leadership still goes above
+    the highest term this elector ever saw (rule 5)."""
+    c, _ = make()
+    record(c, 0, "fe", "fastelect-node", term=7)
+    record(c, F, "go", "s3lect-node", term=0, renewal=0)  # s3lect rewrote it
+    assert c.max_term_seen == 7
+    assert record(c, F + T, "go", "s3lect-node", term=0, renewal=0) == Action.TAKEOVER
+    assert c.begin_write(F + T)[1] == 8
