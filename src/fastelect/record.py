@@ -9,8 +9,9 @@ The JSON is a superset of s3lect's, so Go and Python nodes share one lock::
 ``term`` is the fencing token; a record without it (written by s3lect) counts
 as term 0.  ``nonce`` names the elector incarnation that wrote the record
 (safety rule 0); s3lect neither writes nor keeps it.  Ids and addresses may be
-as long as the 64 KiB record allows, as s3lect's are.  A released record keeps its id and term and carries the zero time
-``0001-01-01T00:00:00Z`` (s3lect's convention) as ``lastUpdated``.
+as long as the 64 KiB record allows, as s3lect's are.  A released record
+keeps its id and term and carries the zero time ``0001-01-01T00:00:00Z``
+(s3lect's convention) as ``lastUpdated``.
 """
 
 from __future__ import annotations
