@@ -240,3 +240,57 @@ def test_delete_not_permitted_is_reported_with_what_was_left(
     human = check("--store", s3_url(url, bucket, prefix), env=env)
     assert human.returncode == 0, human
     assert re.search(r"^cleanup: delete not permitted, left s3://", human.stdout, re.M)
+
+
+# -- the docs ---------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
+
+
+def docs_block(kind: str) -> str:
+    """The first ``kind`` code block of the docs' ``fastelect check`` section."""
+    text = DOCS.read_text()
+    start = text.index("### Check your store: `fastelect check`")
+    section = text[start : text.index("\n### ", start + 1)]
+    found = re.search(rf"```{kind}\n(.*?)```", section, re.S)
+    assert found is not None, f"docs/cli.md's check section has no {kind} block"
+    return found.group(1)
+
+
+def test_the_docs_sample_output_has_the_commands_shape(tmp_path: Path) -> None:
+    def shape(lines: list[str]) -> list[str]:
+        heads = [re.match(r"^(?:[a-z]+:|  (?:pass|FAIL|----)  \S+)", line) for line in lines]
+        assert all(heads), lines
+        return [head.group(0) for head in heads if head]
+
+    printed = docs_block("console").splitlines()
+    assert printed[0].startswith("$ fastelect check --store ")
+    done = check("--store", f"file://{tmp_path}")
+    assert done.returncode == 0, done
+    assert shape(printed[1:]) == shape(done.stdout.splitlines())
+
+
+@pytest.mark.s3
+def test_the_docs_shell_sample_runs(tmp_path: Path, moto_server: str, s3_bucket: str) -> None:
+    script = tmp_path / "sample.sh"
+    script.write_text(docs_block("sh"))
+    # The venv's bin holds the fastelect command the sample calls.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+
+    def run(store: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PATH": path, "STORE": store}
+        return subprocess.run(
+            ["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    (tmp_path / "store").mkdir()
+    done = run(f"file://{tmp_path / 'store'}")
+    assert done.returncode == 0 and done.stderr == "", done
+    with S3Proxy(moto_server) as proxy:
+        done = run(s3_url(proxy.url, s3_bucket))
+    assert done.returncode == 1, done
+    assert done.stderr == "not fit: create-refuses-existing, refuse-stale\n", done
+    done = run(f"file://{tmp_path / 'missing'}")
+    assert done.returncode == 1 and done.stderr.endswith(
+        f"could not check file://{tmp_path / 'missing'}\n"
+    ), done
