@@ -175,7 +175,7 @@ def test_module_and_version_and_help() -> None:
     assert done.returncode == 0 and done.stdout.startswith("fastelect ")
     done = cli("--help")
     assert done.returncode == 0
-    assert "{demo,run,status,certs}" in done.stdout and "_demo-node" not in done.stdout
+    assert "{demo,run,status,check,certs}" in done.stdout and "_demo-node" not in done.stdout
 
 
 # -- demo -----------------------------------------------------------------------------

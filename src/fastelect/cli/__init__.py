@@ -5,6 +5,7 @@
     fastelect demo                               # watch a failover, no S3 needed
     fastelect run --store URL --id ID -- CMD …   # run CMD only while leader
     fastelect status --store URL                 # who leads? (exit 0 yes, 3 no)
+    fastelect check --store URL                  # does the store enforce conditions?
     fastelect certs --out DIR --ip … --dns …     # development CA + server cert
 
 Store URLs are described in :mod:`fastelect.cli.stores`.  Every failure the
@@ -12,7 +13,7 @@ user can cause or fix (a bad URL, an unreachable endpoint, refused
 credentials, a missing bucket, a bad certificate) ends in one line on stderr
 and a non-zero exit, never a traceback.  Exit codes: 0 success, 1 error,
 2 bad usage, 3 ``status`` found no live leader; ``run`` exits with its
-child's status.
+child's status; ``check`` exits 0 fit, 1 not fit, 2 could not check.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import FastelectError
-from . import _util, certs, demo, run, status
+from . import _util, certs, check, demo, run, status
 
 __all__ = ["build_parser", "main"]
 
-_COMMANDS = "{demo,run,status,certs}"
+_COMMANDS = "{demo,run,status,check,certs}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(subparsers)
     run.add_parser(subparsers)
     status.add_parser(subparsers)
+    check.add_parser(subparsers)
     certs.add_parser(subparsers)
     return parser
 

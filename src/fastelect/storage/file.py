@@ -38,6 +38,7 @@ from .base import (
     StorageStats,
     StorageUnavailable,
 )
+from .verify import VerifyReport, verify_storage
 
 __all__ = ["FileStorage"]
 
@@ -307,6 +308,49 @@ class FileStorage:
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError(f"FileStorage({self._dir}) is closed")
+
+    # -- added for fastelect check (kept at the end of the class) ------------
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``'s file and its lock file (a missing key is not an error).
+
+        Never delete a lock electors are using: any node may create a missing
+        record at once, while the old leader's lease still runs (and a writer
+        that already opened the removed lock file would not exclude one that
+        creates a new one). Electors never delete; ``fastelect check`` removes
+        its probe object with this.
+        """
+        self._check_open()
+        name = _file_name(key)
+        await asyncio.to_thread(self._delete_sync, name)
+
+    async def verify(self, prefix: str = "") -> VerifyReport:
+        """Probe this store's conditional writes; see :func:`fastelect.storage.verify_storage`."""
+        return await verify_storage(self, prefix=prefix)
+
+    def _delete_sync(self, name: str) -> None:
+        path = os.path.join(self._dir, name)
+        lock_path = os.path.join(self._dir, f".{name}.lock")
+        try:
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            lock_fd = -1  # never written through FileStorage, or already deleted
+        except OSError as exc:
+            raise self._os_error(exc, "opening the lock file", lock_path) from exc
+        try:
+            if lock_fd >= 0:
+                # Wait out a write in progress so it cannot land after the unlink.
+                self._lock(lock_fd, lock_path)
+            for victim in (path, lock_path):
+                try:
+                    os.unlink(victim)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    raise self._os_error(exc, "deleting", victim) from exc
+        finally:
+            if lock_fd >= 0:
+                os.close(lock_fd)
 
 
 def _file_name(key: str) -> str:

@@ -12,6 +12,7 @@ import itertools
 import secrets
 
 from .base import MAX_OBJECT_SIZE, ObjectNotFound, PreconditionFailed, StorageError, StorageStats
+from .verify import VerifyReport, verify_storage
 
 __all__ = ["MemoryStorage"]
 
@@ -81,3 +82,18 @@ class MemoryStorage:
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError("MemoryStorage is closed")
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (a missing key is not an error).
+
+        Never delete a lock electors are using: any node may create a missing
+        record at once, while the old leader's lease still runs. Electors
+        never delete; ``fastelect check`` removes its probe object with this.
+        """
+        self._check_open()
+        await asyncio.sleep(0)
+        self._objects.pop(key, None)
+
+    async def verify(self, prefix: str = "") -> VerifyReport:
+        """Probe this store's conditional writes; see :func:`fastelect.storage.verify_storage`."""
+        return await verify_storage(self, prefix=prefix)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import time
 import weakref
 from typing import Any
 
@@ -42,6 +44,7 @@ from .base import (
     StorageStats,
     StorageUnavailable,
 )
+from .verify import VerifyReport, verify_storage
 
 __all__ = ["S3Storage"]
 
@@ -373,3 +376,47 @@ class S3Storage:
         if isinstance(exc, BotoCoreError):
             return StorageError(f"{operation} on {where}: {exc}")
         return StorageError(f"{operation} on {where}: unexpected {type(exc).__name__}: {exc}")
+
+    # -- added for fastelect check (kept at the end of the class) ------------
+
+    async def delete(self, key: str) -> None:
+        """DeleteObject ``key`` (S3 answers a missing key with success too).
+
+        Never delete a lock electors are using: any node may create a missing
+        record at once, while the old leader's lease still runs. Electors
+        never delete; ``fastelect check`` removes its probe object with this.
+        On a versioned bucket this adds a delete marker; older versions stay.
+        """
+        full_key = self._full_key(key)
+        client = await self._get_client()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await client.delete_object(Bucket=self._bucket, Key=full_key)
+        except _REQUEST_ERRORS as exc:
+            raise self._map_error(exc, "DeleteObject", full_key) from exc
+
+    async def server_time(self) -> tuple[int, int, float | None]:
+        """HeadBucket, timed on this host: (ns before, ns after, the store's Date or None).
+
+        The local times are ``time.time_ns()``; the store's time is its
+        ``Date`` header in POSIX seconds (whole seconds), None if absent or
+        unparsable.
+        """
+        client = await self._get_client()
+        try:
+            async with asyncio.timeout(self._timeout):
+                before = time.time_ns()
+                response = await client.head_bucket(Bucket=self._bucket)
+                after = time.time_ns()
+        except _REQUEST_ERRORS as exc:
+            raise self._map_error(exc, "HeadBucket", None) from exc
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        try:
+            server = email.utils.parsedate_to_datetime(headers["date"]).timestamp()
+        except (KeyError, TypeError, ValueError, IndexError):
+            server = None
+        return before, after, server
+
+    async def verify(self, prefix: str = "") -> VerifyReport:
+        """Probe this store's conditional writes; see :func:`fastelect.storage.verify_storage`."""
+        return await verify_storage(self, prefix=prefix)
