@@ -44,11 +44,15 @@ APP_TARGET = "fastelect.health.app:create_app"
 
 #: granian's settings for a health endpoint (granian's own defaults in comments).
 #: A settings ``"tuning"`` object overrides them (the benchmarks compare).
+#: The handler never awaits, so what costs is granian's per-request machinery:
+#: its Rust task implementation skips asyncio's Task for each request (fewer
+#: CPU-seconds per request in benchmarks/test_health_bench.py); granian offers
+#: it only before Python 3.12 and warns ("experimental") when it is used.
 TUNING: dict[str, Any] = {
     "http": "auto",  # HTTP/1.1 and HTTP/2 by ALPN (auto)
-    "runtime_mode": "auto",  # (auto)
+    "runtime_mode": "st",  # one Rust thread for I/O and TLS (auto: st for RSGI)
     "runtime_threads": 1,  # (1)
-    "task_impl": "asyncio",  # (asyncio)
+    "task_impl": "rust" if sys.version_info < (3, 12) else "asyncio",  # (asyncio)
     "backpressure": None,  # (None: backlog / workers)
 }
 
