@@ -828,3 +828,145 @@ def test_app_answers_503_while_the_slot_stays_busy(table: LeadershipTable) -> No
     assert status == 503 and json.loads(body)["reason"] == "leadership table busy, retry"
     assert app.healthz() == (200, b"ok\n")  # a slot being written is alive
     assert b'election="cluster"' not in render_metrics(app.reader(), monotonic_ns())
+
+
+class CountingReader:
+    """Delegates to a real TableReader and counts the snapshots taken through it."""
+
+    def __init__(self, reader: Any) -> None:
+        self.inner = reader
+        self.snapshots = 0
+
+    closed = property(lambda self: self.inner.closed)
+    stale = property(lambda self: self.inner.stale)
+
+    def is_leader(self, election: str = "default") -> bool:
+        return bool(self.inner.is_leader(election))
+
+    def status(self, election: str = "default") -> dict[str, Any] | None:
+        self.snapshots += 1
+        result: dict[str, Any] | None = self.inner.status(election)
+        return result
+
+    def elections(self) -> list[str]:
+        return list(self.inner.elections())
+
+
+def counting_app(table: LeadershipTable) -> tuple[HealthApp, CountingReader]:
+    """A HealthApp on ``table`` whose snapshots are counted (no re-attach during the test)."""
+    assert table.name is not None
+    app = HealthApp(table.name, {"/x": "cluster"})
+    real = app.reader()
+    assert real is not None
+    counting = CountingReader(real)
+    app._reader = counting  # type: ignore[assignment]
+    app._owner_checked = time.monotonic() + 3600
+    return app, counting
+
+
+def expected_body(reader: Any, election: str, last_updated: str) -> bytes:
+    """What the handler answered before bodies were cached: one orjson dump of the record."""
+    import orjson
+
+    st = reader.status(election)
+    return orjson.dumps(
+        {
+            "leaderID": st["leader_id"],
+            "leaderAddr": st["leader_addr"],
+            "lastUpdated": last_updated,
+            "term": st["term"],
+            "etag": st["etag"],
+        }
+    )
+
+
+def test_app_reuses_its_answer_until_the_slot_is_written(table: LeadershipTable) -> None:
+    """Unchanged slot: no snapshot, no encoding; every write (renewal, heartbeat): a new one."""
+    slot = table.slot("cluster", "n1")
+    campaign = lead(slot, "n1", 'addr "quoted"\\:1', etag='"etag-1"')
+    app, counting = counting_app(table)
+    assert app._watch is not None, "the seq-word fast path is not in use for a named table"
+
+    status, body = app.leadership("cluster")
+    assert status == 200 and counting.snapshots == 1
+    stamp = json.loads(body)["lastUpdated"]
+    assert body == expected_body(counting.inner, "cluster", stamp)
+    for _ in range(50):
+        status, again = app.leadership("cluster")
+        assert status == 200
+        assert again == expected_body(counting.inner, "cluster", json.loads(again)["lastUpdated"])
+    assert counting.snapshots == 1, "a snapshot was taken although the slot did not change"
+
+    # A renewal writes a new etag: the very next answer carries it.
+    now = monotonic_ns()
+    campaign.poll(now)
+    campaign.begin_write(now)
+    campaign.write_succeeded(now, '"etag-2"', time.time_ns())
+    status, body = app.leadership("cluster")
+    assert status == 200 and json.loads(body)["etag"] == '"etag-2"'
+    assert counting.snapshots == 2
+
+    # A heartbeat is a write too: a new snapshot, the same record.
+    slot.heartbeat(monotonic_ns(), 10**9)
+    status, body = app.leadership("cluster")
+    assert status == 200 and json.loads(body)["etag"] == '"etag-2"'
+    assert counting.snapshots == 3
+
+
+def test_app_cached_answer_ends_with_the_lease(table: LeadershipTable) -> None:
+    """A frozen elector writes nothing: the cached 200 still turns to 404 at the deadline."""
+    slot = table.slot("cluster", "n1")
+    lead(slot, "n1", lease_s=0.3)
+    app, counting = counting_app(table)
+    assert app.leadership("cluster")[0] == 200
+    # The lease runs out with no write to the slot (seq unchanged); the only
+    # event is the deadline itself, so wait for it exactly.
+    time.sleep(max(0, slot.lease_remaining_ns()) / 1e9)
+    assert not slot.is_leader()
+    status, body = app.leadership("cluster")
+    assert status == 404 and json.loads(body)["reason"] == "lease expired"
+    # And the 404 is reused too, until the slot is written.
+    snapshots = counting.snapshots
+    assert app.leadership("cluster")[0] == 404
+    assert counting.snapshots == snapshots
+
+
+def test_app_without_the_fast_path_answers_the_same(
+    table: LeadershipTable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A table layout the handler does not know: a snapshot per request, same answers."""
+    from fastelect.health import app as app_module
+
+    monkeypatch.setattr(app_module._SeqWatch, "_VERSION", 999)
+    lead(table.slot("cluster", "n1"), "n1")
+    app, counting = counting_app(table)
+    assert app._watch is None
+    for n in range(1, 4):
+        status, body = app.leadership("cluster")
+        assert status == 200 and json.loads(body)["leaderID"] == "n1"
+        assert counting.snapshots == n
+    assert app.leadership("never")[0] == 404
+
+
+def test_app_follows_a_replaced_table(table: LeadershipTable) -> None:
+    """Closed and re-created under the same name: nothing cached from the old one is used."""
+    assert table.name is not None
+    lead(table.slot("cluster", "n1"), "n1", etag='"old"')
+    app = HealthApp(table.name, {"/x": "cluster"})
+    assert json.loads(app.leadership("cluster")[1])["etag"] == '"old"'
+    table.close()
+    assert app.leadership("cluster")[0] == 404
+    successor = LeadershipTable(table.name)
+    try:
+        successor.slot("other")  # a different slot order than before
+        lead(successor.slot("cluster", "n2"), "n2", etag='"new"')
+        status, body = app.leadership("cluster")
+        assert status == 200 and json.loads(body) | {"lastUpdated": ""} == {
+            "leaderID": "n2",
+            "leaderAddr": "127.0.0.1:1",
+            "lastUpdated": "",
+            "term": 1,
+            "etag": '"new"',
+        }
+    finally:
+        successor.close()

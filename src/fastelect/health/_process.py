@@ -32,9 +32,29 @@ from typing import Any
 
 import orjson
 
-from .server import ENV_SETTINGS
+__all__ = ["ENV_SETTINGS", "main"]
 
-__all__ = ["main"]
+#: Environment variable carrying the launcher's settings (JSON).  Defined here,
+#: not in :mod:`.server`, so this process never imports the controller (asyncio,
+#: the TLS toolkit) just to read one name.
+ENV_SETTINGS = "FASTELECT_HEALTH_SETTINGS"
+
+#: The application granian serves (a factory).
+APP_TARGET = "fastelect.health.app:create_app"
+
+#: granian's settings for a health endpoint (granian's own defaults in comments).
+#: A settings ``"tuning"`` object overrides them (the benchmarks compare).
+#: The handler never awaits, so what costs is granian's per-request machinery:
+#: its Rust task implementation skips asyncio's Task for each request (fewer
+#: CPU-seconds per request in benchmarks/test_health_bench.py); granian offers
+#: it only before Python 3.12 and warns ("experimental") when it is used.
+TUNING: dict[str, Any] = {
+    "http": "auto",  # HTTP/1.1 and HTTP/2 by ALPN (auto)
+    "runtime_mode": "st",  # one Rust thread for I/O and TLS (auto: st for RSGI)
+    "runtime_threads": 1,  # (1)
+    "task_impl": "rust" if sys.version_info < (3, 12) else "asyncio",  # (asyncio)
+    "backpressure": None,  # (None: backlog / workers)
+}
 
 _PR_SET_PDEATHSIG = 1
 
@@ -72,24 +92,36 @@ def main() -> None:
         _watch_owner(owner, int(settings["parent_pid"]))
 
         from granian import Granian
-        from granian.constants import HTTPModes, Interfaces, Loops, SSLProtocols
+        from granian.constants import (
+            HTTPModes,
+            Interfaces,
+            Loops,
+            RuntimeModes,
+            SSLProtocols,
+            TaskImpl,
+        )
         from granian.log import LogLevels
 
         from .app import ENV_MAIN_PID
 
         # Workers read this to die with us (see app.create_app).
         os.environ[ENV_MAIN_PID] = str(os.getpid())
+        tuning = {**TUNING, **settings.get("tuning", {})}
         owner.server = Granian(
-            "fastelect.health.app:create_app",
-            factory=True,
+            settings.get("target", APP_TARGET),
+            factory=bool(settings.get("factory", True)),
             interface=Interfaces.RSGI,
             address=settings["host"],
             port=int(settings["port"]),
             workers=int(settings["workers"]),
             loop=Loops.auto,
-            http=HTTPModes.auto,
+            http=HTTPModes(tuning["http"]),
             websockets=False,
             backlog=int(settings.get("backlog", 1024)),
+            runtime_mode=RuntimeModes(tuning["runtime_mode"]),
+            runtime_threads=int(tuning["runtime_threads"]),
+            task_impl=TaskImpl(tuning["task_impl"]),
+            backpressure=tuning["backpressure"],
             ssl_cert=Path(settings["cert"]),
             ssl_key=Path(settings["key"]),
             # granian defaults to TLS 1.3 only; Go peers and older probes need 1.2.

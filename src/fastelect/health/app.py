@@ -40,9 +40,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import mmap
 import os
 import re
 import signal
+import struct
 import sys
 import time
 from collections.abc import Mapping
@@ -51,6 +53,7 @@ from typing import Any
 
 import orjson
 
+from .. import _core
 from .._core import COUNTER_NAMES, ROLE_NAMES, TableReader, attach, monotonic_ns
 from ..errors import ConfigError, FastelectError
 
@@ -256,20 +259,132 @@ def render_metrics(reader: TableReader | None, now_ns: int) -> bytes:
 
 
 class _Clock:
-    """RFC 3339 'now' with microseconds; the seconds part is formatted once per second."""
+    """RFC 3339 'now' with microseconds, as bytes; the seconds part is formatted once a second."""
 
     __slots__ = ("_prefix", "_second")
 
     def __init__(self) -> None:
         self._second = -1
-        self._prefix = ""
+        self._prefix = b""
 
-    def now(self) -> str:
+    def now(self) -> bytes:
         seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
         if seconds != self._second:
-            self._prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            text = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+            self._prefix = text.encode()
             self._second = seconds
-        return f"{self._prefix}{nanos // 1000:06d}Z"
+        return b"%s%06dZ" % (self._prefix, nanos // 1000)
+
+
+class _SeqWatch:
+    """A second read-only mapping of the table, to read each slot's seqlock word.
+
+    The word changes on every write to the slot, so an unchanged even value
+    means every field a snapshot returned is still current: the handler can
+    reuse the body it encoded from that snapshot instead of taking a new one.
+    Only a change detector: leadership itself is always decided by
+    ``TableReader.is_leader`` (the lease test in C), and bodies always come
+    from ``TableReader.status``.  Used only for the layout this module knows
+    (docs/table-layout.md, version 1), checked field by field at map time;
+    anything else leaves the handler on the snapshot-per-request path.
+    """
+
+    __slots__ = ("_index", "_map", "_words")
+
+    # Layout version 1 (docs/table-layout.md).
+    _MAGIC = 0x31305443454C4546
+    _VERSION = 1
+    _HEADER_SIZE = 128
+    _SLOT_SIZE = 1024
+    _NAME_OFFSET = 208
+
+    def __init__(self, mapped: mmap.mmap) -> None:
+        self._map = mapped
+        self._words = memoryview(mapped).cast("Q")
+        self._index: dict[str, int] = {}
+
+    @classmethod
+    def open(cls, reader: TableReader) -> _SeqWatch | None:
+        """Map ``reader``'s table for seq reads, or None if it is not the known layout."""
+        try:
+            if (_core.LAYOUT_VERSION, _core.HEADER_SIZE, _core.SLOT_SIZE) != (
+                cls._VERSION,
+                cls._HEADER_SIZE,
+                cls._SLOT_SIZE,
+            ):
+                return None
+            name = reader.name
+            if not name:
+                return None
+            with open(_core.shm_path(name), "rb") as segment:
+                mapped = mmap.mmap(segment.fileno(), 0, access=mmap.ACCESS_READ)
+        except (AttributeError, OSError, ValueError, FastelectError):
+            return None
+        try:
+            magic, version, header_size, _count, slot_size, owner = struct.unpack_from(
+                "<QIIIIQ", mapped
+            )
+        except struct.error:
+            mapped.close()
+            return None
+        # The same segment as the reader's (a successor has another owner) and
+        # the layout we know; else no fast path.
+        if (magic, version, header_size, slot_size, owner) != (
+            cls._MAGIC,
+            cls._VERSION,
+            cls._HEADER_SIZE,
+            cls._SLOT_SIZE,
+            reader.owner_pid,
+        ) or len(mapped) % 8:
+            mapped.close()
+            return None
+        return cls(mapped)
+
+    def word(self, reader: TableReader, election: str) -> int:
+        """The election's seq word, or -1 (never a cache key) if its slot is unknown."""
+        index = self._index.get(election)
+        if index is None:
+            index = self._find(reader, election)
+            if index < 0:
+                return -1
+        return int(self._words[index])
+
+    def _find(self, reader: TableReader, election: str) -> int:
+        # Slots are claimed in order and never move (docs/table-layout.md); the
+        # name stored in the slot confirms the position.
+        try:
+            position = reader.elections().index(election)
+        except ValueError:
+            return -1
+        start = self._HEADER_SIZE + position * self._SLOT_SIZE
+        if start + self._SLOT_SIZE > len(self._map):
+            return -1
+        (length,) = struct.unpack_from("<H", self._map, start + self._NAME_OFFSET)
+        offset = start + self._NAME_OFFSET + 2
+        if self._map[offset : offset + length] != election.encode():
+            return -1
+        self._index[election] = start // 8
+        return start // 8
+
+    def close(self) -> None:
+        self._words.release()
+        self._map.close()
+
+
+class _Answer:
+    """What the handler last answered for one election, and the seq word it is valid for.
+
+    A 200 body is ``head + now + tail`` (only ``lastUpdated`` changes per
+    request); the bytes are exactly ``orjson.dumps`` of the record dict.
+    """
+
+    __slots__ = ("head", "not_leader", "seq", "tail")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq
+        self.head = b""
+        self.tail = b""
+        self.not_leader = b""
 
 
 class HealthApp:
@@ -287,6 +402,9 @@ class HealthApp:
         self._reader: TableReader | None = None
         self._owner_checked = 0.0
         self._clock = _Clock()
+        # Seq words of the attached table, and the answers cached under them.
+        self._watch: _SeqWatch | None = None
+        self._answers: dict[str, _Answer] = {}
 
     # -- the table -----------------------------------------------------------------
 
@@ -301,7 +419,7 @@ class HealthApp:
             if not reader.stale:
                 return reader
         # Closed by its owner, or the owner died: map whatever has the name now.
-        self._reader = None
+        self._forget()
         try:
             fresh: TableReader = attach(self.table_name)
         except (FastelectError, OSError):
@@ -309,8 +427,17 @@ class HealthApp:
         if fresh.closed or fresh.stale:
             return None
         self._reader = fresh
+        self._watch = _SeqWatch.open(fresh)
         self._owner_checked = time.monotonic()
         return fresh
+
+    def _forget(self) -> None:
+        """Drop the table's mappings and every answer built from it."""
+        self._reader = None
+        self._answers.clear()
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
 
     # -- RSGI ----------------------------------------------------------------------
 
@@ -320,7 +447,7 @@ class HealthApp:
 
     def __rsgi_del__(self, loop: Any) -> None:
         """Drop the mapping when the worker shuts down."""
-        self._reader = None
+        self._forget()
 
     async def __rsgi__(self, scope: Any, proto: Any) -> None:
         """Answer one request."""
@@ -354,31 +481,58 @@ class HealthApp:
     # -- handlers (plain methods, so they can be tested without a server) --------------
 
     def leadership(self, election: str) -> tuple[int, bytes]:
-        """Status and body for a leadership route."""
+        """Status and body for a leadership route.
+
+        Per request: the lease test in C (``is_leader``) and one read of the
+        slot's seq word; a new snapshot and JSON encoding only when the slot
+        was written since the last answer (a renewal, a heartbeat).
+        """
         reader = self.reader()
         if reader is None:
             return 404, _not_leader(election, "leadership table is missing")
-        # Cheap first test: the one atomic word, as is_leader() reads it.
+        # The lease test first: it alone decides "leader", whatever is cached.
         leading = reader.is_leader(election)
+        watch = self._watch
+        seq = watch.word(reader, election) if watch is not None else -1
+        answer = self._answers.get(election)
+        # An odd word is a write in progress; -1 (no watch) is odd too: never cached.
+        if answer is not None and seq == answer.seq and seq & 1 == 0:
+            # Nothing in the slot changed since that answer was built: the
+            # cached fields describe the lease is_leader just found live.
+            if leading:
+                if answer.head:
+                    return 200, answer.head + self._clock.now() + answer.tail
+            elif answer.not_leader:
+                return 404, answer.not_leader
+        return self._answer(reader, election, leading, seq)
+
+    def _answer(
+        self, reader: TableReader, election: str, leading: bool, seq: int
+    ) -> tuple[int, bytes]:
+        """Take a snapshot, answer from it, and cache the answer under ``seq``."""
         try:
             st = _snapshot(reader, election)
         except _TableBusy:
             # Not an answer either way; peers treat it as a failed check.
             return 503, _not_leader(election, "leadership table busy, retry")
-        # The snapshot is consistent (seqlock); test its lease again in case it
-        # ended between the two reads, so the fields below belong to a live lease.
-        if not leading or st is None or not monotonic_ns() < st["lease_until_ns"]:
-            return 404, _not_leader(election, _why_not(st))
-        body = orjson.dumps(
-            {
-                "leaderID": st["leader_id"],
-                "leaderAddr": st["leader_addr"],
-                "lastUpdated": self._clock.now(),
-                "term": st["term"],
-                "etag": st["etag"],
-            }
-        )
-        return 200, body
+        # ``seq`` was read before the snapshot: if a write slipped in between,
+        # the next request sees another word and builds again (never the reverse).
+        answer = _Answer(seq)
+        if st is not None and leading:
+            # The snapshot is consistent (seqlock); test its lease again in case
+            # it ended between the two reads, so its fields belong to a live lease.
+            if monotonic_ns() < st["lease_until_ns"]:
+                head = orjson.dumps({"leaderID": st["leader_id"], "leaderAddr": st["leader_addr"]})
+                answer.head = head[:-1] + b',"lastUpdated":"'
+                answer.tail = b'","term":%d,"etag":%s}' % (st["term"], orjson.dumps(st["etag"]))
+                self._answers[election] = answer
+                return 200, answer.head + self._clock.now() + answer.tail
+            leading = False
+        answer.not_leader = _not_leader(election, _why_not(st))
+        # A 404 cached under a seq stays right while the lease is not live: the
+        # slot's role and state cannot change without a write.
+        self._answers[election] = answer
+        return 404, answer.not_leader
 
     def healthz(self) -> tuple[int, bytes]:
         """Status and body for ``/healthz`` (client-go's HealthzAdaptor, per election)."""

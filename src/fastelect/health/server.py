@@ -53,6 +53,7 @@ import orjson
 
 from ..errors import ConfigError, HealthServerError, LifecycleError, TLSError
 from ..tls import TLSCertificate, server_ssl_context
+from ._process import ENV_SETTINGS
 from .app import ENV_ROUTES, ENV_TABLE, validate_routes, validate_table_name
 
 __all__ = ["HealthServer", "HealthServerConfig"]
@@ -68,9 +69,6 @@ _RESTART_RESET_AFTER_S = 30.0
 # How long granian may take to stop a worker gracefully before killing it.
 _WORKER_KILL_TIMEOUT_S = 3
 _LOG_TAIL_BYTES = 4000
-#: Environment variable carrying the launcher's settings (JSON) to
-#: ``python -m fastelect.health._process``.
-ENV_SETTINGS = "FASTELECT_HEALTH_SETTINGS"
 # The child must import this very fastelect, even when it was put on sys.path
 # at run time (tests, zipapps) rather than installed.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])

@@ -1,0 +1,3 @@
+module fastelect.invalid/gohealth
+
+go 1.19
