@@ -44,8 +44,12 @@ async def test_duplicate_ids_end_with_one_leader_and_report_the_clash(
 ) -> None:
     """Two live processes misconfigured with one id: exactly one leads, loudly."""
     caplog.set_level(logging.ERROR, logger="fastelect.elector")
-    a = Elector(fast_config("twin"), storage)
-    b = Elector(fast_config("twin"), storage)
+    # Both twins read "missing" before either creates, so both send a create
+    # and the loser's verification read finds the winner's write with the
+    # same id, term and renewal: the case 0.1.0 adopted as its own.
+    shared = BarrierOnFirstRead(storage, parties=2)
+    a = Elector(fast_config("twin"), shared)
+    b = Elector(fast_config("twin"), shared)
     assert a.nonce != b.nonce
     await asyncio.gather(a.start(), b.start())
     try:
@@ -70,6 +74,36 @@ async def test_duplicate_ids_end_with_one_leader_and_report_the_clash(
         assert "'twin'" in message and leader.nonce in message
     finally:
         await stop_all(a, b)
+
+
+class BarrierOnFirstRead:
+    """Holds the first read of each of ``parties`` electors until all have sent one."""
+
+    def __init__(self, inner: Storage, parties: int) -> None:
+        self.inner = inner
+        self.parties = parties
+        self.arrived = 0
+        self.all_in = asyncio.Event()
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        if not self.all_in.is_set():
+            self.arrived += 1
+            if self.arrived >= self.parties:
+                self.all_in.set()
+            await asyncio.wait_for(self.all_in.wait(), 5)
+        return await self.inner.get(key)
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        return await self.inner.put_if_match(key, body, etag)
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def describe(self, key: str) -> str:
+        return "barrier+" + self.inner.describe(key)
 
 
 class LateDelivery:

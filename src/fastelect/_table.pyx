@@ -479,6 +479,18 @@ cdef class TableReader:
             return False
         return fe_clock_ns() < fe_load_i64(&s.lease_until_ns)
 
+    def seq(self, str election="default"):
+        """The slot's seqlock word (acquire load), or -1 if ``election`` has no slot.
+
+        It changes on every write to the slot and is odd while one is in
+        progress: an unchanged even word means a snapshot taken under it is
+        still current (the health server caches its answers on it).
+        """
+        cdef fe_slot *s = self._find(election)
+        if s == NULL:
+            return -1
+        return fe_load_seq(&s.seq)
+
     def status(self, str election="default"):
         """A consistent snapshot of ``election``'s slot, or None if not started."""
         cdef fe_slot *s = self._find(election)

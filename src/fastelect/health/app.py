@@ -40,11 +40,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import mmap
 import os
 import re
 import signal
-import struct
 import sys
 import time
 from collections.abc import Mapping
@@ -276,101 +274,6 @@ class _Clock:
         return b"%s%06dZ" % (self._prefix, nanos // 1000)
 
 
-class _SeqWatch:
-    """A second read-only mapping of the table, to read each slot's seqlock word.
-
-    The word changes on every write to the slot, so an unchanged even value
-    means every field a snapshot returned is still current: the handler can
-    reuse the body it encoded from that snapshot instead of taking a new one.
-    Only a change detector: leadership itself is always decided by
-    ``TableReader.is_leader`` (the lease test in C), and bodies always come
-    from ``TableReader.status``.  Used only for the layout this module knows
-    (docs/table-layout.md, version 1), checked field by field at map time;
-    anything else leaves the handler on the snapshot-per-request path.
-    """
-
-    __slots__ = ("_index", "_map", "_words")
-
-    # Layout version 1 (docs/table-layout.md).
-    _MAGIC = 0x31305443454C4546
-    _VERSION = 1
-    _HEADER_SIZE = 128
-    _SLOT_SIZE = 1024
-    _NAME_OFFSET = 208
-
-    def __init__(self, mapped: mmap.mmap) -> None:
-        self._map = mapped
-        self._words = memoryview(mapped).cast("Q")
-        self._index: dict[str, int] = {}
-
-    @classmethod
-    def open(cls, reader: TableReader) -> _SeqWatch | None:
-        """Map ``reader``'s table for seq reads, or None if it is not the known layout."""
-        try:
-            if (_core.LAYOUT_VERSION, _core.HEADER_SIZE, _core.SLOT_SIZE) != (
-                cls._VERSION,
-                cls._HEADER_SIZE,
-                cls._SLOT_SIZE,
-            ):
-                return None
-            name = reader.name
-            if not name:
-                return None
-            with open(_core.shm_path(name), "rb") as segment:
-                mapped = mmap.mmap(segment.fileno(), 0, access=mmap.ACCESS_READ)
-        except (AttributeError, OSError, ValueError, FastelectError):
-            return None
-        try:
-            magic, version, header_size, _count, slot_size, owner = struct.unpack_from(
-                "<QIIIIQ", mapped
-            )
-        except struct.error:
-            mapped.close()
-            return None
-        # The same segment as the reader's (a successor has another owner) and
-        # the layout we know; else no fast path.
-        if (magic, version, header_size, slot_size, owner) != (
-            cls._MAGIC,
-            cls._VERSION,
-            cls._HEADER_SIZE,
-            cls._SLOT_SIZE,
-            reader.owner_pid,
-        ) or len(mapped) % 8:
-            mapped.close()
-            return None
-        return cls(mapped)
-
-    def word(self, reader: TableReader, election: str) -> int:
-        """The election's seq word, or -1 (never a cache key) if its slot is unknown."""
-        index = self._index.get(election)
-        if index is None:
-            index = self._find(reader, election)
-            if index < 0:
-                return -1
-        return int(self._words[index])
-
-    def _find(self, reader: TableReader, election: str) -> int:
-        # Slots are claimed in order and never move (docs/table-layout.md); the
-        # name stored in the slot confirms the position.
-        try:
-            position = reader.elections().index(election)
-        except ValueError:
-            return -1
-        start = self._HEADER_SIZE + position * self._SLOT_SIZE
-        if start + self._SLOT_SIZE > len(self._map):
-            return -1
-        (length,) = struct.unpack_from("<H", self._map, start + self._NAME_OFFSET)
-        offset = start + self._NAME_OFFSET + 2
-        if self._map[offset : offset + length] != election.encode():
-            return -1
-        self._index[election] = start // 8
-        return start // 8
-
-    def close(self) -> None:
-        self._words.release()
-        self._map.close()
-
-
 class _Answer:
     """What the handler last answered for one election, and the seq word it is valid for.
 
@@ -402,8 +305,7 @@ class HealthApp:
         self._reader: TableReader | None = None
         self._owner_checked = 0.0
         self._clock = _Clock()
-        # Seq words of the attached table, and the answers cached under them.
-        self._watch: _SeqWatch | None = None
+        # The answers cached under each slot's seq word.
         self._answers: dict[str, _Answer] = {}
 
     # -- the table -----------------------------------------------------------------
@@ -427,17 +329,13 @@ class HealthApp:
         if fresh.closed or fresh.stale:
             return None
         self._reader = fresh
-        self._watch = _SeqWatch.open(fresh)
         self._owner_checked = time.monotonic()
         return fresh
 
     def _forget(self) -> None:
-        """Drop the table's mappings and every answer built from it."""
+        """Drop the table's mapping and every answer built from it."""
         self._reader = None
         self._answers.clear()
-        watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.close()
 
     # -- RSGI ----------------------------------------------------------------------
 
@@ -492,10 +390,9 @@ class HealthApp:
             return 404, _not_leader(election, "leadership table is missing")
         # The lease test first: it alone decides "leader", whatever is cached.
         leading = reader.is_leader(election)
-        watch = self._watch
-        seq = watch.word(reader, election) if watch is not None else -1
+        seq = reader.seq(election)
         answer = self._answers.get(election)
-        # An odd word is a write in progress; -1 (no watch) is odd too: never cached.
+        # An odd word is a write in progress; -1 (no slot) is odd too: never cached.
         if answer is not None and seq == answer.seq and seq & 1 == 0:
             # Nothing in the slot changed since that answer was built: the
             # cached fields describe the lease is_leader just found live.
