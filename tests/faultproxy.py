@@ -161,11 +161,23 @@ def _wants_close(start: str, headers: dict[str, str]) -> bool:
     return http10 and "keep-alive" not in connection
 
 
-async def _read_request(reader: asyncio.StreamReader) -> _Message | None:
+async def _read_request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> _Message | None:
     head = await _read_head(reader)
     if head is None:
         return None
     raw, start, headers = head
+    if headers.get("expect", "").lower() == "100-continue":
+        # Answer it here, or the client withholds the body for its own
+        # timeout (1 s in botocore); the server then gets a plain request.
+        del headers["expect"]
+        raw = b"".join(
+            line
+            for line in raw.splitlines(keepends=True)
+            if not line.lower().startswith(b"expect:")
+        )
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     body, _ = await _read_body(reader, headers, until_eof=False)
     return _Message(raw + body, start, headers, _wants_close(start, headers))
 
@@ -178,10 +190,10 @@ async def _read_response(reader: asyncio.StreamReader, method: str) -> _Message:
             raise ConnectionResetError("the server closed the connection before answering")
         raw, start, headers = head
         message = _Message(raw, start, headers, _wants_close(start, headers))
-        raw_parts.append(raw)
         status = message.status
         if 100 <= status < 200:
-            continue  # an interim answer: the real one follows
+            continue  # an interim answer (the client's Expect was answered): drop it
+        raw_parts.append(raw)
         if method == "HEAD" or status in (204, 304):
             break
         body, ended = await _read_body(reader, headers, until_eof=True)
@@ -290,6 +302,8 @@ class FaultProxy:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """What happened to each node's requests so far (counts by kind)."""
+        if self._loop is None:
+            return {name: dict(node.stats) for name, node in self._nodes.items()}
         return self._call(self._snapshot())
 
     # -- lifecycle -------------------------------------------------------------------
@@ -408,7 +422,7 @@ class FaultProxy:
             node.stats["connections"] += 1
             try:
                 while not node.faults.partition:
-                    request = await _read_request(reader)
+                    request = await _read_request(reader, writer)
                     if request is None or not await self._relay(
                         node, request, reader, writer, upstream
                     ):
