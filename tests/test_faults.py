@@ -769,18 +769,25 @@ def test_no_two_leaders_under_faults(tmp_path: Path, store: Store) -> None:
     """Every fault kind against three real nodes: safe throughout, a leader most of the time."""
     seed = _seed()
     seconds = _faults_seconds()
+    failure: AssertionError | None = None
     with running_cluster(tmp_path, store, seed=seed) as cluster:
         cluster.wait_leader(20 * LEASE)
         chaos = Chaos(cluster, seed)
         start = boottime_ns()
-        chaos.run(seconds)
+        try:
+            chaos.run(seconds)
+            cluster.check_alive()
+        except AssertionError as exc:
+            failure = exc  # reported below with the seed, the phases and the history
         end = boottime_ns()
-        cluster.check_alive()
-        stats = cluster.proxy.stats()
+    # Checked once every process is dead: the logs are complete.
     verdict = check_history(cluster.logs(), (start, end))
     report = _report(verdict, chaos, cluster, start, seed)
     print(report)
+    if failure is not None:
+        raise AssertionError(f"{failure}\n{report}") from failure
     assert verdict.ok, report
+    stats = cluster.proxy.stats()
     # The faults really happened (a no-op injector would pass the checker too).
     totals: dict[str, int] = {}
     for counts in stats.values():
