@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-__all__ = ["CLEAR", "FaultProxy", "Faults", "ProxyError"]
+__all__ = ["CLEAR", "FaultProxy", "Faults", "Gate", "ProxyError"]
 
 T = TypeVar("T")
 _HEAD_LIMIT = 64 * 1024
@@ -42,6 +42,21 @@ _HEAD_LIMIT = 64 * 1024
 
 class ProxyError(Exception):
     """The proxy could not start, or a message it relayed was not HTTP/1.x it understands."""
+
+
+class Gate:
+    """Requests held at a gate wait until :meth:`open` is called (from any thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def open(self) -> None:
+        """Let every held request (and every later one) through."""
+        self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,12 @@ class Faults:
     #: Called once, on the proxy's thread, when the node's next PUT has fully arrived
     #: and before it is forwarded (e.g. to SIGKILL the node mid-write).
     on_put: Callable[[], None] | None = None
+    #: Hold each request (after ``on_put``) until this gate opens, then forward it
+    #: whether or not the client is still there.
+    hold_until: Gate | None = None
+    #: Apply the faults above (all but ``partition`` and ``on_put``) only to these
+    #: methods, e.g. ``frozenset({"GET"})``; None = every request.
+    only: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("latency", "hold_reply", "late_request"):
@@ -296,6 +317,12 @@ class FaultProxy:
         for name in self._nodes if node is None else (node,):
             self.set(name, CLEAR)
 
+    def gate(self) -> Gate:
+        """A closed gate for :attr:`Faults.hold_until`."""
+        if self._loop is None:
+            raise ProxyError("the proxy is not running")
+        return Gate(self._loop)
+
     def faults(self, node: str) -> Faults:
         """The faults ``node`` has now."""
         return self._node(node).faults
@@ -377,7 +404,10 @@ class FaultProxy:
             async def accept(
                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter, node: _Node = node
             ) -> None:
-                await self._serve(node, reader, writer)
+                # Shutdown cancels handlers; a cancelled callback task would be
+                # logged as an error by asyncio.streams on Python 3.11.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._serve(node, reader, writer)
 
             node.server = await asyncio.start_server(accept, "127.0.0.1", 0, limit=_HEAD_LIMIT)
             node.port = node.server.sockets[0].getsockname()[1]
@@ -454,7 +484,7 @@ class FaultProxy:
             stats["partition_dropped"] += 1
             _reset(writer)
             return False
-        if faults.blackhole:
+        if faults.blackhole and (faults.only is None or request.method in faults.only):
             # Accept, never answer: wait for the client to give up.
             stats["blackholed"] += 1
             while await reader.read(65536):
@@ -465,6 +495,11 @@ class FaultProxy:
             node.faults = dataclasses.replace(faults, on_put=None)
             stats["on_put"] += 1
             faults.on_put()
+        if faults.only is not None and request.method not in faults.only:
+            faults = CLEAR
+        if faults.hold_until is not None:
+            stats["gated"] += 1
+            await faults.hold_until.wait()
         if faults.reset_before and node.rng.random() < faults.reset_before:
             stats["reset_before"] += 1
             _reset(writer)

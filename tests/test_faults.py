@@ -838,6 +838,67 @@ def test_checker_catches_an_elector_that_answers_true_after_its_lease(
     assert {"leadership overlap", "work step overlap"} <= kinds, report
 
 
+@pytest.mark.slow
+def test_restarted_node_does_not_adopt_its_dead_incarnations_late_write(
+    tmp_path: Path, store: Store
+) -> None:
+    """Rule 0: a write sent by a killed incarnation, landing late, is not the new one's.
+
+    ``a`` tries to take over a partitioned leader; the proxy SIGKILLs it on
+    that PUT and holds the PUT. ``a`` restarts under the same id, reads the
+    old record, then its reads fail while the dead incarnation's PUT lands;
+    its own takeover (same term and renewal number as the dead one's) then
+    gets 412 and its renewals are blackholed. Adopting the dead write would
+    date the new incarnation's lease from its own, later send time, while
+    ``b`` (let back in when the dead write lands) counts from the landing:
+    their leaderships would overlap. Whatever ``a`` does, the history must
+    stay safe.
+    """
+    seed = _seed()
+    with running_cluster(tmp_path, store, seed=seed) as cluster:
+        proxy = cluster.proxy
+        old = cluster.wait_leader(20 * LEASE)
+        a, b = (name for name in NODES if name != old)
+        start = boottime_ns()
+        gate = proxy.gate()
+        killed = threading.Event()
+
+        def kill() -> None:
+            cluster.kill(a)
+            killed.set()
+
+        def cut_renewals() -> None:
+            proxy.set(a, Faults(blackhole=True, only=frozenset({"PUT"})))
+
+        proxy.set(b, Faults(blackhole=True))  # b stays out of the first round
+        proxy.set(a, Faults(on_put=kill, hold_until=gate, only=frozenset({"PUT"})))
+        proxy.set(old, Faults(partition=True))  # the leader's lease runs out
+        assert killed.wait(12 * LEASE), f"{a} never tried to take over from {old}"
+        cluster.current[a].proc.wait(5)
+        answered = proxy.stats()[a].get("status_200", 0)
+        proxy.set(a, CLEAR)
+        cluster.start(a)
+        cluster.wait_up()
+        # HEAD (start-up check) and the first GET answered: t is now.
+        wait_for(
+            lambda: proxy.stats()[a].get("status_200", 0) >= answered + 2,
+            10 * LEASE,
+            f"the restarted {a} did not read the lock",
+        )
+        proxy.set(a, Faults(reset_before=1.0, only=frozenset({"GET"}), on_put=cut_renewals))
+        gate.open()  # the dead incarnation's takeover lands now
+        proxy.clear(b)
+        cluster.wait_leader(12 * LEASE, not_=old)
+        time.sleep(4 * LEASE)
+        proxy.clear()
+        end = boottime_ns()
+    verdict = check_history(cluster.logs(), (start, end), min_coverage=0.0)
+    report = _report(verdict, None, cluster, start, seed)
+    print(report)
+    assert proxy.stats()[a].get("gated", 0) == 1, report
+    assert verdict.ok, report
+
+
 # -- the proxy itself, against moto ------------------------------------------------------
 
 
@@ -1026,3 +1087,19 @@ def test_faults_are_validated() -> None:
         Faults(latency=-1)
     with pytest.raises(ValueError, match="reset_after"):
         Faults(reset_after=1.5)
+
+
+def test_proxy_gate_holds_only_the_chosen_methods_until_opened(
+    proxy: FaultProxy, s3_through: Callable[..., Any], moto_server: str, s3_bucket: str
+) -> None:
+    client = s3_through(proxy.url("a"), timeout=0.3)
+    direct = s3_through(moto_server)
+    key = f"gated-{uuid.uuid4().hex}"
+    gate = proxy.gate()
+    proxy.set("a", Faults(hold_until=gate, only=frozenset({"PUT"})))
+    with pytest.raises(ReadTimeoutError):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"x")
+    client.list_objects_v2(Bucket=s3_bucket, MaxKeys=1)  # a GET passes the gate
+    assert not _exists(direct, s3_bucket, key)
+    gate.open()
+    wait_for(lambda: _exists(direct, s3_bucket, key), 5.0, "the gated PUT never reached moto")
