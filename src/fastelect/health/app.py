@@ -51,7 +51,6 @@ from typing import Any
 
 import orjson
 
-from .. import _core
 from .._core import COUNTER_NAMES, ROLE_NAMES, TableReader, attach, monotonic_ns
 from ..errors import ConfigError, FastelectError
 
