@@ -87,3 +87,70 @@ def test_fast_and_general_time_parsers_agree(ns: int) -> None:
 @given(st.integers(min_value=0, max_value=4_000_000_000 * 10**9))
 def test_time_round_trip_to_the_microsecond(ns: int) -> None:
     assert parse_time(format_time(ns)) == ns - ns % 1000
+
+
+# -- mixed fleets with Go's s3lect -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "unix_ns"),
+    [
+        # Go's time.Time JSON (RFC 3339 with nanoseconds, trailing zeros trimmed).
+        ("2026-11-26T10:30:45.123456789Z", 1795689045123456789),
+        ("2026-11-26T10:30:45.1234Z", 1795689045123400000),
+        ("2026-11-26T10:30:45Z", 1795689045000000000),
+        # A host whose local zone is not UTC writes its offset.
+        ("2026-11-26T11:30:45.5+01:00", 1795689045500000000),
+        ("2026-11-26T05:00:45.25-05:30", 1795689045250000000),
+    ],
+)
+def test_records_exactly_as_s3lect_writes_them(written: str, unix_ns: int) -> None:
+    body = (
+        b'{"leaderID":"go-node-1","leaderAddr":"10.0.0.7:8443","lastUpdated":"'
+        + written.encode()
+        + b'"}'
+    )
+    rec = parse_record(body)
+    assert (rec.leader_id, rec.leader_addr) == ("go-node-1", "10.0.0.7:8443")
+    assert rec.last_updated_ns == unix_ns
+    # No term, leaseMs, renewal or nonce: term 0, our own lease, not ours.
+    assert (rec.term, rec.lease_ms, rec.renewal, rec.nonce) == (0, 0, 0, "")
+
+
+def test_s3lect_released_record_has_the_zero_time() -> None:
+    rec = parse_record(b'{"leaderID":"go-1","leaderAddr":"","lastUpdated":"0001-01-01T00:00:00Z"}')
+    assert rec.released and rec.term == 0
+
+
+def test_our_records_keep_every_field_s3lect_reads() -> None:
+    body = encode_record("py-1", "10.0.0.8:8443", 1795689045123456000, 4, 15000, 9, "ab" * 8)
+    data = orjson.loads(body)
+    # s3lect decodes these three (lastUpdated as RFC 3339 in UTC) and ignores the rest.
+    assert data["leaderID"] == "py-1" and data["leaderAddr"] == "10.0.0.8:8443"
+    assert data["lastUpdated"] == "2026-11-26T10:30:45.123456Z"
+    assert (data["term"], data["leaseMs"], data["renewal"], data["nonce"]) == (4, 15000, 9, "ab" * 8)
+
+
+def test_long_ids_and_addresses_are_accepted() -> None:
+    """s3lect accepts any length; only the shared-memory copy is cut (with a flag)."""
+    long_id = "node-" + "x" * 5000
+    long_addr = "very-long-host-name." * 30 + ":8443"
+    rec = parse_record(encode_record(long_id, long_addr, 1795689045123456000, 1, 15000, 1))
+    assert (rec.leader_id, rec.leader_addr) == (long_id, long_addr)
+
+
+def test_long_leader_id_is_truncated_in_the_table_with_a_flag() -> None:
+    from fastelect._core import MAX_ID_BYTES, Campaign, LeadershipTable
+
+    table = LeadershipTable()
+    slot = table.slot("default", "me")
+    c = Campaign(slot, "me", "me:1", 10**9, 10**8, 4 * 10**8, 5 * 10**7)
+    long_id = "é" * 200  # two bytes each: cut on a character boundary
+    c.observe_record(0, 0, "e1", long_id, "h:1", 3, 0, 0, False, 1)
+    st = slot.status()
+    assert st["leader_id_truncated"] and not st["leader_addr_truncated"]
+    assert st["leader_id"] == "é" * (MAX_ID_BYTES // 2)
+    assert c.leader_id == long_id  # the campaign itself keeps the full id
+    c.observe_record(1, 0, "e2", "short", "h:1", 4, 0, 0, False, 1)
+    assert not slot.status()["leader_id_truncated"]
+    table.close()
