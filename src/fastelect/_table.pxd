@@ -32,6 +32,8 @@ cdef class Slot:
 cdef class TableReader:
     cdef _Mapping _map
     cdef dict _index
+    cdef object _last_name
+    cdef fe_slot *_last_slot
     cdef readonly object name
     cdef _Mapping _open_map(self)
     cdef fe_slot *_find(self, str election) except? NULL

@@ -344,7 +344,9 @@ cdef class Slot:
         """True while this slot holds a lease that has not run out, read now."""
         if self._closed:
             _closed_slot()
-        return fe_clock_ns() < fe_load_i64(&self._s.lease_until_ns)
+        cdef int64_t until = fe_load_i64(&self._s.lease_until_ns)
+        # 0 = not leading: no clock read needed (the common case on followers).
+        return until != 0 and fe_clock_ns() < until
 
     def lease_remaining_ns(self):
         """Nanoseconds of lease left (0 when not leader)."""
@@ -454,12 +456,19 @@ cdef class TableReader:
 
     cdef fe_slot *_find(self, str election) except? NULL:
         cdef _Mapping m = self._open_map()
-        cdef object idx = self._index.get(election)
+        cdef object idx
+        if election is self._last_name:
+            # The hot path asks about the same election (often the same
+            # interned literal) again and again: skip the dict.
+            return self._last_slot
+        idx = self._index.get(election)
         cdef fe_header *h
         cdef uint32_t i
         cdef fe_slot copy
         if idx is not None:
-            return m.slot_at(<Py_ssize_t>idx)
+            self._last_name = election
+            self._last_slot = m.slot_at(<Py_ssize_t>idx)
+            return self._last_slot
         h = m.header()
         # Slots are claimed in order and never move, so a found index stays valid.
         for i in range(h.slot_count):
@@ -477,7 +486,8 @@ cdef class TableReader:
         cdef fe_slot *s = self._find(election)
         if s == NULL:
             return False
-        return fe_clock_ns() < fe_load_i64(&s.lease_until_ns)
+        cdef int64_t until = fe_load_i64(&s.lease_until_ns)
+        return until != 0 and fe_clock_ns() < until
 
     def seq(self, str election="default"):
         """The slot's seqlock word (acquire load), or -1 if ``election`` has no slot.
@@ -537,6 +547,8 @@ cdef class TableReader:
         """Unmap the table (if this reader is the last user of the mapping)."""
         self._map = None
         self._index = {}
+        self._last_name = None
+        self._last_slot = NULL
 
     def __enter__(self):
         return self
