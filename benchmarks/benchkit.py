@@ -13,8 +13,17 @@ sides, so the ratio is what CI can gate on; absolute figures are reported.
 Modes, chosen by the environment:
 
 * ``FASTELECT_BENCH_GATE=1`` (CI): fewer rounds, and each gated benchmark
-  fails only if its ratio falls below **half** its target.  Noise moves a
-  ratio by tens of percent at most; a real regression halves it.
+  fails if its ratio falls below ``GATE_FRACTION`` (0.6) of its **reference
+  ratio** -- the ratio recorded on a known machine in ``reference.json``
+  (``scripts/bench-reference`` writes it).  A benchmark without a reference
+  falls back to half its target.  Noise moves a ratio by tens of percent; a
+  2x regression halves it, which 0.6 catches.
+* ``FASTELECT_BENCH_SLOWDOWN=k`` (with the gate): a test-only hook that runs
+  fastelect's side of every paired round ``k`` times and adds the figures up
+  -- fastelect made ``k`` times slower, with its real noise -- and inverts the
+  verdict: each gated benchmark must now *fail* its gate, or the session
+  fails ("the gate would not catch a k-fold regression").  It lives here, in
+  the harness, never in the product's code path.
 * unset (default): full rounds for stable figures, report only.
 
 Import as ``from benchkit import ...``: pytest puts ``benchmarks/`` on
@@ -24,11 +33,13 @@ Import as ``from benchkit import ...``: pytest puts ``benchmarks/`` on
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -57,6 +68,27 @@ S3_BUCKET = "fastelect-bench"
 
 #: True when CI asked for the fast gate mode.
 GATE = os.environ.get("FASTELECT_BENCH_GATE", "").strip() not in ("", "0")
+#: The injected slowdown factor (1: none); see the module docs.
+SLOWDOWN = int(os.environ.get("FASTELECT_BENCH_SLOWDOWN", "1") or "1")
+#: A gated ratio fails below this fraction of its reference.
+GATE_FRACTION = 0.6
+#: Reference ratios by benchmark name, and the machine they were measured on.
+REFERENCE_FILE = Path(__file__).with_name("reference.json")
+
+
+def _load_reference() -> dict[str, Any]:
+    if os.environ.get("FASTELECT_BENCH_NO_REFERENCE"):  # scripts/bench-reference measuring
+        return {"machine": None, "ratios": {}}
+    try:
+        data: dict[str, Any] = json.loads(REFERENCE_FILE.read_text())
+    except FileNotFoundError:
+        return {"machine": None, "ratios": {}}
+    return data
+
+
+REFERENCE = _load_reference()
+#: Gate verdicts of this session (name -> tripped), for the slowdown check.
+TRIPPED: dict[str, bool] = {}
 
 #: Every result recorded in this session, in order, for the summary table.
 RESULTS: list[Result] = []
@@ -99,8 +131,16 @@ class Result:
         return self.baseline / self.ours if self.ours > 0 else float("inf")
 
     @property
+    def reference(self) -> float | None:
+        """The ratio recorded for this benchmark in ``reference.json``, if any."""
+        value = REFERENCE["ratios"].get(self.name)
+        return None if value is None else float(value)
+
+    @property
     def floor(self) -> float | None:
-        """The ratio below which gate mode fails: half the target."""
+        """The ratio below which gate mode fails: 0.6 x reference, else half the target."""
+        if self.reference is not None:
+            return GATE_FRACTION * self.reference
         return None if self.target is None else self.target / 2
 
     def verdicts(self) -> list[str]:
@@ -155,7 +195,8 @@ def paired(
         base_figures.append(baseline())
 
     def target() -> None:
-        ours_figures.append(ours())
+        # SLOWDOWN > 1 (test-only): fastelect's side does its round k times.
+        ours_figures.append(sum(ours() for _ in range(SLOWDOWN)))
 
     benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=0)
     samples = min(len(ours_figures), len(base_figures))
@@ -183,6 +224,8 @@ def cpu_ns_per_op(
 def record(benchmark: Any, result: Result) -> Result:
     """Store ``result`` for the summary and ``extra_info``; in gate mode, gate it."""
     info = benchmark.extra_info
+    info["result_name"] = result.name
+    info["gated"] = result.gated
     info["unit"] = result.unit
     info["median"] = result.ours
     info["baseline"] = result.baseline_name
@@ -190,17 +233,32 @@ def record(benchmark: Any, result: Result) -> Result:
     info["ratio"] = round(result.ratio, 4)
     info["target_ratio"] = result.target
     info["gate_floor"] = result.floor if result.gated else None
+    info["reference_ratio"] = result.reference
     info["limit"] = result.limit
     info["samples"] = result.samples
     info.update(result.extra)
     RESULTS.append(result)
     # A disabled benchmark (--benchmark-disable) ran each side once: no figures to gate.
     if GATE and result.gated and result.floor is not None and not benchmark.disabled:
-        assert result.ratio >= result.floor, (
-            f"{result.name}: ratio {result.ratio:.2f} (baseline {result.baseline:.4g} vs ours "
-            f"{result.ours:.4g} {result.unit}) fell below {result.floor:.2f}, half the target "
-            f"{result.target:.2f}: a real regression, not noise"
+        tripped = result.ratio < result.floor
+        TRIPPED[result.name] = tripped
+        basis = (
+            f"{GATE_FRACTION:g} x its reference {result.reference:.2f}"
+            if result.reference is not None
+            else f"half the target {result.target:.2f}"
         )
+        if SLOWDOWN > 1:
+            assert tripped, (
+                f"{result.name}: with fastelect made {SLOWDOWN}x slower the ratio is still "
+                f"{result.ratio:.2f} >= {result.floor:.2f} ({basis}): this gate would not "
+                "catch that regression"
+            )
+        else:
+            assert not tripped, (
+                f"{result.name}: ratio {result.ratio:.2f} (baseline {result.baseline:.4g} vs "
+                f"ours {result.ours:.4g} {result.unit}) fell below {result.floor:.2f} "
+                f"({basis}): a real regression, not noise"
+            )
     return result
 
 
@@ -208,14 +266,16 @@ def summary_lines() -> list[str]:
     """The summary table, one string per line."""
     if not RESULTS:
         return []
-    header = ("benchmark", "median", "baseline median", "ratio", "target", "verdict")
+    header = ("benchmark", "median", "baseline median", "ratio", "target", "gate", "verdict")
     rows = [header]
     for r in RESULTS:
         target = "-" if r.target is None else f">= {r.target:g}x"
-        if r.gated and r.floor is not None:
-            target += f" (gate {r.floor:g}x)"
         if r.limit is not None:
             target += f", <= {r.limit:g} {r.unit}"
+        gate = "-"
+        if r.gated and r.floor is not None:
+            gate = f">= {r.floor:.2f}x"
+            gate += f" (0.6 x ref {r.reference:.2f})" if r.reference is not None else " (target/2)"
         rows.append(
             (
                 r.name,
@@ -223,18 +283,24 @@ def summary_lines() -> list[str]:
                 f"{r.baseline:.4g} {r.unit} ({r.baseline_name})",
                 f"{r.ratio:.2f}x",
                 target,
+                gate,
                 ", ".join(r.verdicts()) or "-",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    mode = "gate mode: fewer rounds, fail below half a target" if GATE else "full mode: report"
+    mode = "gate mode: fewer rounds, fail below the gate" if GATE else "full mode: report"
+    if SLOWDOWN > 1:
+        mode += f"; SLOWDOWN={SLOWDOWN}: every gate must trip"
     lines.append("")
     lines.append(
         f"ratio = baseline / fastelect (higher is better); {mode}; absolute limits are "
         "reported, never asserted"
     )
+    machine = REFERENCE.get("machine")
+    if machine:
+        lines.append(f"references measured on: {machine}")
     for r in RESULTS:
         notes = {k: v for k, v in r.extra.items() if k.startswith("note")}
         for text in notes.values():

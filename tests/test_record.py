@@ -128,7 +128,8 @@ def test_our_records_keep_every_field_s3lect_reads() -> None:
     # s3lect decodes these three (lastUpdated as RFC 3339 in UTC) and ignores the rest.
     assert data["leaderID"] == "py-1" and data["leaderAddr"] == "10.0.0.8:8443"
     assert data["lastUpdated"] == "2026-11-26T10:30:45.123456Z"
-    assert (data["term"], data["leaseMs"], data["renewal"], data["nonce"]) == (4, 15000, 9, "ab" * 8)
+    extra = (data["term"], data["leaseMs"], data["renewal"], data["nonce"])
+    assert extra == (4, 15000, 9, "ab" * 8)
 
 
 def test_long_ids_and_addresses_are_accepted() -> None:
