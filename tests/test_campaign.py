@@ -376,3 +376,38 @@ def test_terms_stay_monotone_per_elector_through_an_s3lect_leadership() -> None:
     assert c.max_term_seen == 7
     assert record(c, F + T, "go", "s3lect-node", term=0, renewal=0) == Action.TAKEOVER
     assert c.begin_write(F + T)[1] == 8
+
+
+def test_a_renewal_advertising_a_shorter_lease_caps_the_current_one() -> None:
+    """Found by the simulator (seeds 6, 5131): T shrinks, the renewal that says
+    so lands but its answer is lost; followers may take over T_new after it
+    landed, so our lease must end by then too -- from the moment it is sent."""
+    table = LeadershipTable()
+    slot = table.slot("default", "me")
+    c = Campaign(slot, "me", "me:1", 2500 * MS, 100 * MS, 400 * MS, 100 * MS)
+    c.observe_missing(0)
+    c.begin_write(0)
+    c.write_succeeded(5 * MS, "e1")
+    assert c.deadline_ns == 2500 * MS - 100 * MS
+    c.configure(1000 * MS, 100 * MS, 400 * MS, 50 * MS)
+    assert c.poll(100 * MS) == Action.RENEW
+    c.begin_write(100 * MS)
+    assert c.pending_lease_ms == 1000
+    # Capped at the send, before any answer: 100 ms + 1000 ms - 50 ms.
+    assert c.deadline_ns == 1050 * MS
+    assert c.is_leader(1049 * MS) and not c.is_leader(1050 * MS)
+    c.write_failed(2000 * MS)  # the answer never came
+    assert c.deadline_ns == 1050 * MS
+    assert c.poll(1050 * MS) != Action.RENEW or c.role == 0
+    # A lease that grows is earned only by the write that advertises it.
+    c2 = Campaign(table.slot("grow", "me"), "me", "me:1", 1000 * MS, 100 * MS, 400 * MS, 50 * MS)
+    c2.observe_missing(0)
+    c2.begin_write(0)
+    c2.write_succeeded(5 * MS, "e1")
+    c2.configure(5000 * MS, 100 * MS, 400 * MS, 50 * MS)
+    c2.poll(100 * MS)
+    c2.begin_write(100 * MS)
+    assert c2.deadline_ns == 950 * MS  # unchanged until the write lands
+    c2.write_succeeded(120 * MS, "e2")
+    assert c2.deadline_ns == 100 * MS + 5000 * MS - 50 * MS
+    table.close()

@@ -155,6 +155,8 @@ cdef class Campaign:
             else:
                 self.pending_term = self.term
                 self.pending_match = self.etag
+                if self.role == LEADER:
+                    self._cap_lease(now_ns + self.pending_lease_ns - self.pending_margin_ns)
         self.pending_unknown = True
         self.slot._bump(C_WRITES)
         return (self.pending_match, self.pending_term, self.pending_renewal, kind == RELEASE)
@@ -523,6 +525,17 @@ cdef class Campaign:
             self.last_election_ns = now
             self.events |= EV_ACQUIRED | EV_NEW_LEADER | EV_CYCLE
         self._schedule(RENEW, sent + self.frequent_ns)
+
+    cdef void _cap_lease(self, int64_t cap):
+        """Rule 2 for a shrinking lease: a renewal that advertises a shorter
+        lease may land and let followers take over that much sooner after it,
+        even if its answer never reaches us -- so from the moment it is sent,
+        the lease we hold ends no later than that write's own would."""
+        if cap < self.deadline_ns:
+            self.deadline_ns = cap
+            self.slot._begin()
+            self.slot._set_leader(cap, cap)
+            self.slot._end()
 
     cdef void _step_down(self, int64_t now):
         self.role = FOLLOWER

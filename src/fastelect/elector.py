@@ -623,7 +623,12 @@ class Elector:
         c = self._campaign
         cfg = self._config
         kind = c.next_action
+        deadline = c.deadline_ns
         if_match, term, renewal, released = c.begin_write(_core.monotonic_ns())
+        if c.role == _core.Role.LEADER and c.deadline_ns < deadline:
+            # A renewal advertising a shorter lease capped ours (rule 2): the
+            # expiry that cancels leader work must follow it down.
+            self._arm_expiry(c.deadline_ns)
         wall = None if released else time.time_ns()
         # Rule 2: the body advertises the lease snapshotted when the write began.
         body = encode_record(
