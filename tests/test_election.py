@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
+import json
 import logging
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -41,7 +44,12 @@ from fastelect.election import (
     ManagerConfig,
     ManagerStopError,
 )
-from fastelect.errors import HealthServerError, StorageUnavailable
+from fastelect.errors import (
+    HealthServerError,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageUnavailable,
+)
 from fastelect.storage import S3Storage, Storage
 from fastelect.tls import CertificateAuthority, TLSCertificate, client_ssl_context
 from helpers import free_port
@@ -108,6 +116,9 @@ class FakeElector:
         self.starts = 0
         self.stops = 0
         self.leader = False
+        # Optional attributes the manager's mirror publishes (see ElectorFactory).
+        self.term: int | None = None
+        self.leader_id = ""
         self.peer_ca: bytes | None = None
         self.start_error: BaseException | None = None
         self.stop_error: BaseException | None = None
@@ -1105,3 +1116,233 @@ def test_the_documented_example_runs(tmp_path: Path) -> None:
     assert "elected:" in result.stdout and "cluster failover took" in result.stdout
     after = result.stdout.split("cluster failover took", 1)[1]
     assert after.count("cluster leader") == 1, result.stdout
+
+
+# --------------------------------------------------------------------------- #
+# Factory-built electors are visible to the health server (the mirror)
+# --------------------------------------------------------------------------- #
+
+
+def https_get(port: int, path: str, ca_pem: bytes) -> tuple[int, dict[str, Any]]:
+    """One blocking HTTPS GET (usable while the event loop is stalled)."""
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", port, context=client_ssl_context(ca_pem), timeout=5
+    )
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.asyncio
+async def test_health_server_answers_for_a_factory_built_elector(
+    ca: CertificateAuthority, server_cert: TLSCertificate, https: aiohttp.ClientSession
+) -> None:
+    cluster_id, server_id = ids()
+    factory = FakeFactory()
+    manager = Manager(
+        ManagerConfig(cluster_id, "s1", server_id, "127.0.0.1:8443"), elector_factory=factory
+    )
+    try:
+        port = await start_health(manager, server_cert)
+        url = f"https://127.0.0.1:{port}{CLUSTER_HEALTH_PATH}"
+        await manager.start_cluster_election(ElectionConfig(MemoryStorage()))
+        fake = factory.one("cluster")
+
+        async def answer() -> tuple[int, dict[str, Any]]:
+            async with https.get(url) as response:
+                return response.status, await response.json()
+
+        # Started, not leading: 404 "not leader" (it was "election not started").
+        status, body = await answer()
+        assert (status, body["reason"]) == (404, "not leader"), body
+
+        fake.leader = True
+        fake.term = 7
+        assert manager.is_cluster_leader()
+        started = time.monotonic()
+        while (status := (await answer())[0]) != 200:
+            assert time.monotonic() - started < WAIT, f"still {status} while the fake leads"
+            await asyncio.sleep(0.005)
+        status, body = await answer()
+        assert body["leaderID"] == f"s1-{server_id}" and body["term"] == 7, body
+
+        # Losing shows within a tick or two while the loop runs.
+        fake.leader = False
+        fake.leader_id = "s1-other"
+        flipped = time.monotonic()
+        while (status := (await answer())[0]) != 404:
+            assert time.monotonic() - flipped < WAIT, "the endpoint kept saying leader"
+            await asyncio.sleep(0.005)
+        lag = time.monotonic() - flipped
+        assert lag < 0.5, f"the endpoint said leader {lag:.3f} s after the fake stopped"
+        with fastelect.attach(manager.table_name) as reader:
+            st = reader.status("cluster")
+        assert st is not None and st["leader_id"] == "s1-other", st
+
+        # Leading again takes a term that only grows.
+        fake.leader = True
+        fake.term = 3
+        await eventually("the mirror to lead again", lambda: https_ok(port, ca.cert_pem))
+        assert https_get(port, CLUSTER_HEALTH_PATH, ca.cert_pem)[1]["term"] == 8
+    finally:
+        await manager.stop()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await status_of(https, port, CLUSTER_HEALTH_PATH)
+
+
+def https_ok(port: int, ca_pem: bytes) -> bool:
+    return https_get(port, CLUSTER_HEALTH_PATH, ca_pem)[0] == 200
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_mirror_stops_saying_leader_within_its_lease(
+    ca: CertificateAuthority, server_cert: TLSCertificate
+) -> None:
+    """The mirror's lease (50 ms) bounds the endpoint even when the loop cannot run."""
+    cluster_id, server_id = ids()
+    factory = FakeFactory()
+    manager = Manager(ManagerConfig(cluster_id, "s1", server_id), elector_factory=factory)
+    try:
+        port = await start_health(manager, server_cert)
+        await manager.start_cluster_election(ElectionConfig(MemoryStorage()))
+        fake = factory.one("cluster")
+        fake.leader = True
+        await eventually(
+            "the endpoint to say leader", lambda: https_ok(port, ca.cert_pem), every=0.005
+        )
+        answers: list[tuple[float, int]] = []
+
+        def probe(flipped: float) -> None:
+            # Ask from another thread while the loop (and with it the mirror) is frozen.
+            until = flipped + 0.4
+            while time.monotonic() < until:
+                asked = time.monotonic() - flipped
+                answers.append((asked, https_get(port, CLUSTER_HEALTH_PATH, ca.cert_pem)[0]))
+
+        # Freeze the loop right after the fake stops leading: the mirror never sees it.
+        fake.leader = False
+        flipped = time.monotonic()
+        prober = threading.Thread(target=probe, args=(flipped,))
+        prober.start()
+        time.sleep(0.5)  # the stall under test: this blocks the event loop
+        prober.join()
+        late = [(round(t, 3), s) for t, s in answers if t > 0.05 + 0.01 and s != 404]
+        assert not late, f"leader answers after the mirror's 50 ms lease: {late}"
+        assert any(t > 0.1 for t, _ in answers), f"the probe made no late request: {answers}"
+    finally:
+        await manager.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_mirrored_elector_that_raises_reads_as_not_leader(
+    ca: CertificateAuthority, server_cert: TLSCertificate, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster_id, server_id = ids()
+    factory = FakeFactory()
+    manager = Manager(ManagerConfig(cluster_id, "s1", server_id), elector_factory=factory)
+    try:
+        port = await start_health(manager, server_cert)
+        await manager.start_cluster_election(ElectionConfig(MemoryStorage()))
+        fake = factory.one("cluster")
+        fake.leader = True
+        await eventually("leader", lambda: https_ok(port, ca.cert_pem), every=0.005)
+
+        def broken() -> bool:
+            raise RuntimeError("boom")
+
+        fake.is_leader = broken  # type: ignore[method-assign]
+        await eventually(
+            "not leader", lambda: not https_ok(port, ca.cert_pem), every=0.005, timeout=2
+        )
+        await asyncio.sleep(0.1)  # several ticks: still one log line per failure streak
+        raised = [r for r in caplog.records if "is_leader() raised" in r.getMessage()]
+        assert len(raised) == 1, [r.getMessage() for r in caplog.records]
+    finally:
+        await manager.stop()
+
+
+@pytest.mark.asyncio
+async def test_an_elector_that_publishes_itself_is_not_mirrored() -> None:
+    cluster_id, server_id = ids()
+    manager = Manager(ManagerConfig(cluster_id, "s1", server_id))
+    try:
+        await manager.start_cluster_election(ElectionConfig(MemoryStorage(), **FAST))
+        await eventually("cluster leadership", manager.is_cluster_leader)
+        # Elector claimed its slot itself; a mirror would be a second writer.
+        assert manager._cluster is not None and manager._cluster.mirror is None
+    finally:
+        await manager.stop()
+
+
+# --------------------------------------------------------------------------- #
+# An s3lect-shaped storage: get and put_if_match only
+# --------------------------------------------------------------------------- #
+
+
+class MinimalStore:
+    """The seed's storage: Get and PutIfMatch, nothing else."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.writes = 0
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        if key not in self.objects:
+            raise ObjectNotFound(key)
+        return self.objects[key]
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        current = self.objects.get(key)
+        if (current[1] if current else "") != etag:
+            raise PreconditionFailed(key)
+        self.writes += 1
+        new = f'"{self.writes}"'
+        self.objects[key] = (bytes(body), new)
+        return new
+
+
+def test_election_config_takes_a_minimal_storage() -> None:
+    store = MinimalStore()
+    assert ElectionConfig(store).storage is store  # kept as given
+    with pytest.raises(ConfigError, match="object lacks get and put_if_match") as info:
+        ElectionConfig(object())  # type: ignore[arg-type]
+    assert info.value.field == "storage"
+
+    class OnlyGet:
+        async def get(self, key: str) -> tuple[bytes, str]:
+            raise ObjectNotFound(key)
+
+    with pytest.raises(ConfigError, match="OnlyGet lacks put_if_match"):
+        ElectionConfig(OnlyGet())  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_manager_runs_real_electors_on_minimal_storages(
+    ca: CertificateAuthority, server_cert: TLSCertificate, https: aiohttp.ClientSession
+) -> None:
+    cluster_id, server_id = ids()
+    manager = Manager(ManagerConfig(cluster_id, "s1", server_id, "127.0.0.1:1"))
+    cluster_store, shard_store = MinimalStore(), MinimalStore()
+    try:
+        port = await start_health(manager, server_cert)
+        await manager.start_cluster_election(ElectionConfig(cluster_store, **FAST))
+        with pytest.raises(ConfigError, match="its own storage"):
+            await manager.start_shard_election(
+                ElectionConfig(cluster_store, ca_cert=ca.cert_pem, **FAST)
+            )
+        await manager.start_shard_election(ElectionConfig(shard_store, ca_cert=ca.cert_pem, **FAST))
+        await eventually("cluster leadership", manager.is_cluster_leader)
+        await eventually("shard leadership", manager.is_shard_leader)
+        assert await status_of(https, port, CLUSTER_HEALTH_PATH) == 200
+        assert await status_of(https, port, SHARD_HEALTH_PATH) == 200
+        record = json.loads(cluster_store.objects["leader.json"][0])
+        assert record["leaderID"] == f"s1-{server_id}"
+    finally:
+        await manager.stop()
+    # Stopping released both records in the minimal stores.
+    for store in (cluster_store, shard_store):
+        record = json.loads(store.objects["leader.json"][0])
+        assert record["lastUpdated"].startswith("0001-01-01"), record

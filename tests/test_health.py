@@ -151,6 +151,7 @@ def our_processes() -> set[int]:
         ("[::1]:65535", "::1", 65535),
         ("localhost:1", "127.0.0.1", 1),
         ("0.0.0.0:80", "0.0.0.0", 80),
+        ("node-1.example.com:8443", "node-1.example.com", 8443),  # resolved at start
     ],
 )
 def test_bind_addr_forms(cert: TLSCertificate, bind: str, host: str, port: int) -> None:
@@ -162,7 +163,8 @@ def test_bind_addr_forms(cert: TLSCertificate, bind: str, host: str, port: int) 
     ("kwargs", "field", "match"),
     [
         ({"bind_addr": "8443"}, "bind_addr", "host:port"),
-        ({"bind_addr": "example.com:8443"}, "bind_addr", "IP address"),
+        ({"bind_addr": "exa mple.com:8443"}, "bind_addr", "host name"),
+        ({"bind_addr": "-bad.example:8443"}, "bind_addr", "host name"),
         ({"bind_addr": "::1:8443"}, "bind_addr", "brackets"),
         ({"bind_addr": "[nope]:8443"}, "bind_addr", "IPv6"),
         ({"bind_addr": ":99999"}, "bind_addr", "0-65535"),

@@ -24,7 +24,12 @@ from fastelect import Elector, ElectorConfig, LeadershipTable
 from fastelect.errors import TLSError
 from fastelect.peer import PeerChecker
 from fastelect.storage import S3Storage
-from fastelect.tls import CertificateAuthority, TLSCertificate, server_ssl_context
+from fastelect.tls import (
+    CertificateAuthority,
+    TLSCertificate,
+    client_ssl_context,
+    server_ssl_context,
+)
 from health_helpers import lead, serving, table_name, wait_until
 from helpers import free_port, make_s3_storage
 
@@ -137,6 +142,25 @@ async def test_checker_handles_an_unreachable_peer(ca: CertificateAuthority) -> 
         answer = await peer.check(f"127.0.0.1:{free_port()}", PATH, "n1")
     assert not answer.ok and answer.reason
     assert time.monotonic() - started < 1.0
+
+
+def test_checker_uses_the_one_client_context(
+    ca: CertificateAuthority, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Peer checks trust exactly what tls.client_ssl_context trusts, verified the same way."""
+    # ssl.create_default_context (the checker's former own context) honours
+    # SSLKEYLOGFILE and would write the session secrets there; ours never does.
+    monkeypatch.setenv("SSLKEYLOGFILE", str(tmp_path / "keys.log"))
+    mine = PeerChecker(ca.cert_pem, 1.0)._ssl
+    reference = client_ssl_context(ca.cert_pem)
+    attrs = ("protocol", "minimum_version", "verify_mode", "check_hostname", "options")
+    for attr in (*attrs, "keylog_filename", "post_handshake_auth"):
+        assert getattr(mine, attr) == getattr(reference, attr), attr
+    assert mine.keylog_filename is None
+    assert mine.get_ca_certs() == reference.get_ca_certs() and len(mine.get_ca_certs()) == 1
+    # A bundle with text around the PEM block (openssl x509 -text output) is cleaned, not refused.
+    noisy = b"Certificate:\n    Data: ...\n" + ca.cert_pem + b"trailing words\n"
+    assert PeerChecker(noisy, 1.0)._ssl.get_ca_certs() == reference.get_ca_certs()
 
 
 def test_checker_needs_a_pem_ca() -> None:

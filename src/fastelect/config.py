@@ -68,6 +68,10 @@ class ElectorConfig:
     #: How often a leader renews and a follower polls during transitions. Default 5 s.
     frequent_interval: Duration = 5.0
     #: How often a follower polls when a live leader is stable. Default 30 s.
+    #: Never later than a takeover would become legal, so in effect every
+    #: min(infrequent_interval, leader_timeout): a crashed leader is noticed
+    #: within one lease.  (s3lect and the seed poll idle followers every
+    #: infrequent_interval exactly; this is a deliberate difference.)
     infrequent_interval: Duration = 30.0
     #: The lease: how long a leader is trusted without a renewal. Default 15 s.
     leader_timeout: Duration = 15.0
@@ -131,6 +135,14 @@ class ElectorConfig:
         if margin >= lease:
             raise ConfigError("safety_margin", f"must be shorter than leader_timeout ({lease})")
         if freq + margin >= lease:
+            if self.safety_margin is None:
+                # The margin is the default: the interval is what was set wrong.
+                raise ConfigError(
+                    "frequent_interval",
+                    f"must be shorter than leader_timeout minus the default safety_margin "
+                    f"(leader_timeout / 10): {freq} + {margin} >= {lease}, or a leader's "
+                    "lease lapses between renewals",
+                )
             raise ConfigError(
                 "safety_margin",
                 f"frequent_interval + safety_margin ({freq} + {margin}) must be shorter than "

@@ -26,7 +26,16 @@ independent: losing one never affects the other.
 
 The manager does not own the storages: :meth:`Manager.stop` leaves them open,
 as Go's does, so one storage client can outlive (or be shared beyond) the
-manager.  Close them yourself after ``stop()``.
+manager.  Close them yourself after ``stop()``.  Like the seed's, a storage
+needs only ``get`` and ``put_if_match`` (s3lect's shape); see
+:func:`~fastelect.storage.as_storage`.
+
+One deliberate difference from the seed: its ``InfrequentInterval`` is how
+often an idle follower checks leadership; ours polls an idle follower every
+min(infrequent_interval, leader_timeout), so a crashed leader is noticed
+within one lease (still a third of s3lect's reads with the defaults).
+Electors built by an :class:`ElectorFactory` are visible to the health
+server whatever built them (see there for what that guarantees).
 
 Example::
 
@@ -50,15 +59,16 @@ import inspect
 import logging
 import os
 import re
+import time
 from collections.abc import Awaitable, Sequence
 from typing import Protocol, Self
 
-from ._core import LeadershipTable
+from ._core import Campaign, LeadershipTable, Role, Slot, monotonic_ns
 from .config import Duration, ElectorConfig, Hook, to_seconds
 from .elector import Elector
 from .errors import ConfigError, FastelectError, LifecycleError, TLSError
 from .health import HealthServer, HealthServerConfig
-from .storage.base import Storage
+from .storage.base import MinimalStorage, Storage, as_storage
 from .tls import load_ca_pem
 
 __all__ = [
@@ -186,8 +196,10 @@ class ElectionConfig:
     zero takes the default.  They are stored as float seconds.
     """
 
-    #: Where the lock record ``leader.json`` lives. Not closed by the manager.
-    storage: Storage
+    #: Where the lock record ``leader.json`` lives: a :class:`~fastelect.Storage`,
+    #: or any object with ``get`` and ``put_if_match`` as the seed's s3lect
+    #: storage (see :func:`~fastelect.storage.as_storage`). Not closed by the manager.
+    storage: Storage | MinimalStorage
     #: Check a stable leader through its health endpoint instead of storage.
     #: Default False; the shard election ignores it (always on).
     peer_mode: bool = False
@@ -197,6 +209,9 @@ class ElectionConfig:
     #: How often a leader renews and a follower polls in transitions. Default 5 s.
     frequent_interval: Duration | None = _DEFAULT_FREQUENT
     #: How often a follower polls when the leader is stable. Default 30 s.
+    #: A deliberate difference from the seed, whose idle followers poll every
+    #: infrequent_interval: ours poll every min(infrequent_interval,
+    #: leader_timeout), so a crashed leader is noticed within one lease.
     infrequent_interval: Duration | None = _DEFAULT_INFREQUENT
     #: The lease: how long a leader is trusted without a renewal. Default 15 s.
     leader_timeout: Duration | None = _DEFAULT_LEADER_TIMEOUT
@@ -208,8 +223,8 @@ class ElectionConfig:
     on_lose: Hook | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.storage, Storage):
-            raise ConfigError("storage", f"must implement fastelect.Storage, not {self.storage!r}")
+        # Raises ConfigError naming "storage" unless it has get and put_if_match.
+        as_storage(self.storage)
         if not isinstance(self.peer_mode, bool):
             raise ConfigError("peer_mode", "must be True or False")
         if self.ca_cert is not None:
@@ -315,9 +330,18 @@ class ManagedElector(Protocol):
 class ElectorFactory(Protocol):
     """Makes the manager's electors; the default is :class:`~fastelect.Elector`.
 
-    Tests pass a fake.  ``table``/``election`` say where the elector must
+    Tests pass a fake.  ``table``/``election`` say where the elector may
     publish its leadership (the manager's table, slot ``"cluster"`` or
-    ``"shard"``) so the health server can see it.
+    ``"shard"``), as :class:`~fastelect.Elector` does.  An elector that has
+    not claimed that slot once started is *mirrored* into it by the manager,
+    so the health server answers for it too: every 25 ms the manager asks
+    its ``is_leader()`` and publishes the answer as a 50 ms lease counted
+    from before the question.  The health endpoint thus answers "leader" at
+    an instant t only if ``is_leader()`` returned True to a call begun after
+    t - 50 ms, even if the manager's loop stalls; while the loop runs, a
+    change shows within 25 ms.  Optional attributes ``term`` (int, published
+    when it grows), ``leader_id`` and ``leader_addr`` (str, the leader a
+    follower sees) are published too.
     """
 
     def __call__(
@@ -352,6 +376,124 @@ class ManagerStopError(FastelectError, ExceptionGroup[Exception]):
         return ManagerStopError(self.message, excs)
 
 
+# The mirror of an elector that does not publish into the table itself: how
+# often it asks is_leader(), and the lease each True answer buys.  The lease
+# must outlast one tick plus scheduling jitter, and is the longest the health
+# endpoint can go on saying "leader" after the elector stopped saying so.
+_MIRROR_INTERVAL_NS = 25_000_000
+_MIRROR_LEASE_NS = 50_000_000
+
+
+class _Mirror:
+    """Publishes a factory-built elector's leadership into its table slot.
+
+    Drives the compiled :class:`~fastelect._core.Campaign` on the slot as if
+    every ``is_leader() == True`` answer were a successful write, with a
+    lease of ``_MIRROR_LEASE_NS`` from the instant *before* the question.
+    The slot's lease therefore never outlives the last True answer by more
+    than that, whatever happens to this task; the health server applies the
+    same lease test per request.
+    """
+
+    def __init__(
+        self,
+        elector: ManagedElector,
+        slot: Slot,
+        server_id: str,
+        server_addr: str,
+        watchdog_ns: int,
+        log: logging.Logger,
+        extra: dict[str, str],
+    ) -> None:
+        self._elector = elector
+        self._slot = slot
+        self._server_id = server_id
+        self._server_addr = server_addr
+        self._watchdog_ns = watchdog_ns
+        self._log = log
+        self._extra = extra
+        self._campaign = Campaign(
+            slot,
+            server_id,
+            server_addr,
+            _MIRROR_LEASE_NS,
+            _MIRROR_INTERVAL_NS,
+            _MIRROR_INTERVAL_NS,
+            0,
+            now_ns=monotonic_ns(),
+        )
+        # Who the slot names now, so a follower's view is written only on change.
+        self._published: tuple[str, str] | None = None
+        self._failing = False
+
+    def sync(self) -> None:
+        """Publish the elector's current answer (one tick)."""
+        c = self._campaign
+        now = monotonic_ns()  # before asking: the lease counts from here
+        leading = self._ask()
+        c.poll(now)  # lets a lapsed mirror lease end first
+        if leading:
+            if c.role == Role.LEADER:
+                c.begin_write(now)  # a renewal
+            else:
+                self._acquire(now)
+            c.write_succeeded(now, "", time.time_ns())
+            self._published = (self._server_id, self._server_addr)
+        else:
+            c.step_down(now)
+            self._follow(now)
+        c.take_events()
+        self._slot.heartbeat(now, self._watchdog_ns)
+
+    def stop(self) -> None:
+        """Mark the slot stopped: no lease, from now on."""
+        if not self._slot.closed:
+            self._campaign.stop(monotonic_ns())
+
+    def _ask(self) -> bool:
+        try:
+            leading = bool(self._elector.is_leader())
+        except Exception:
+            if not self._failing:  # once per streak, not every 25 ms
+                self._log.exception(
+                    "elector.is_leader() raised; publishing 'not leader'", extra=self._extra
+                )
+            self._failing = True
+            return False
+        self._failing = False
+        return leading
+
+    def _acquire(self, now: int) -> None:
+        # A released record carrying term - 1 makes the core's next write a
+        # takeover with the elector's own term (or, if that would not grow,
+        # the next one: published terms only grow).
+        c = self._campaign
+        term = getattr(self._elector, "term", None)
+        seen = term - 1 if isinstance(term, int) and term > 0 else c.max_term_seen
+        c.observe_record(
+            now, time.time_ns(), "", self._server_id, self._server_addr, seen, 0, 0, True, 0
+        )
+        c.begin_write(now)
+
+    def _follow(self, now: int) -> None:
+        leader_id = getattr(self._elector, "leader_id", "")
+        leader_addr = getattr(self._elector, "leader_addr", "")
+        leader_id = leader_id if isinstance(leader_id, str) else ""
+        leader_addr = leader_addr if isinstance(leader_addr, str) else ""
+        if leader_id == self._server_id:
+            leader_id = leader_addr = ""  # our own lease lapsed: name nobody
+        if self._published == (leader_id, leader_addr):
+            return
+        c = self._campaign
+        if leader_id:
+            c.observe_record(
+                now, time.time_ns(), "", leader_id, leader_addr, c.max_term_seen, 0, 0, False, 0
+            )
+        else:
+            c.observe_missing(now)
+        self._published = (leader_id, leader_addr)
+
+
 @dataclasses.dataclass(eq=False)
 class _Running:
     """One election the manager started (or is starting)."""
@@ -359,8 +501,12 @@ class _Running:
     name: str
     elector_id: str
     elector: ManagedElector
-    storage: Storage
+    #: The storage as configured (for identity checks); the elector gets it adapted.
+    storage: Storage | MinimalStorage
     started: bool = False
+    #: Publishes the leadership of an elector that does not write the table itself.
+    mirror: _Mirror | None = None
+    mirror_task: asyncio.Task[None] | None = None
 
 
 def _default_table_name(cfg: ManagerConfig) -> str:
@@ -584,6 +730,7 @@ class Manager:
         self.__dict__.pop("is_cluster_leader", None)
         self.__dict__.pop("is_shard_leader", None)
         failures: list[tuple[str, Exception]] = []
+        self._stop_mirrors()
         try:
             # The server first: it reads the table we close last.
             if self._health is not None:
@@ -619,6 +766,18 @@ class Manager:
             self._log.error(message, extra=self._extra(None))
             raise ManagerStopError(message, [err for _, err in failures])
         self._log.info("election manager stopped", extra=self._extra(None))
+
+    def _stop_mirrors(self) -> None:
+        # Before anything else, so no tick can publish a leadership again.
+        for running in (self._cluster, self._shard):
+            if running is None or running.mirror is None:
+                continue
+            task, running.mirror_task = running.mirror_task, None
+            if task is not None:
+                # Not awaited: a task cancelled while suspended never resumes
+                # its body, so no tick can run after this line.
+                task.cancel()
+            running.mirror.stop()
 
     async def __aenter__(self) -> Self:
         return self
@@ -673,13 +832,14 @@ class Manager:
         if current is not None:
             state = "already started" if current.started else "already starting"
             raise LifecycleError(f"the {name} election is {state}")
+        storage = as_storage(cfg.storage)
         other = self._shard if name == CLUSTER else self._cluster
         if other is not None and other.storage is cfg.storage:
             # Both would lock the same leader.json under different ids and fight.
             raise ConfigError(
                 "storage",
                 f"the {name} election needs its own storage (or prefix): the {other.name} "
-                f"election already locks {cfg.storage.describe(LOCKFILE_PATH)}",
+                f"election already locks {storage.describe(LOCKFILE_PATH)}",
             )
         elector_cfg = cfg._elector_config(
             elector_id,
@@ -690,9 +850,7 @@ class Manager:
             on_lose=self._wrap_hook(name, elector_id, "Lost", cfg.on_lose),
         )
         table = self._ensure_table()
-        elector = self._factory(
-            elector_cfg, cfg.storage, self._cfg.logger, table=table, election=name
-        )
+        elector = self._factory(elector_cfg, storage, self._cfg.logger, table=table, election=name)
         running = _Running(name, elector_id, elector, cfg.storage)
         # Claim the election before the first await so a concurrent second
         # start sees it and raises instead of starting another elector.
@@ -714,14 +872,54 @@ class Manager:
             raise LifecycleError(
                 f"the election manager was stopped while the {name} election started"
             )
+        with table.reader() as reader:
+            publishes_itself = name in reader.elections()
+        if not publishes_itself:
+            self._start_mirror(running, table, elector_cfg)
         self._log.info(
             "started %s election as %s on %s",
             name,
             elector_id,
-            cfg.storage.describe(LOCKFILE_PATH),
+            storage.describe(LOCKFILE_PATH),
             extra=self._extra(name),
         )
         return running
+
+    def _start_mirror(
+        self, running: _Running, table: LeadershipTable, elector_cfg: ElectorConfig
+    ) -> None:
+        # The elector left its slot alone (a fake, or one with its own table):
+        # publish its answers there so the health server sees them.
+        mirror = _Mirror(
+            running.elector,
+            table.slot(running.name, running.elector_id),
+            running.elector_id,
+            self._cfg.server_addr,
+            # The same order of bound as Elector's loop gets.
+            elector_cfg.ns("infrequent_interval") + elector_cfg.ns("leader_timeout"),
+            self._log,
+            self._extra(running.name),
+        )
+        mirror.sync()  # publish at once, before the first tick
+        running.mirror = mirror
+        running.mirror_task = asyncio.get_running_loop().create_task(
+            self._run_mirror(mirror, running.name), name=f"fastelect-mirror-{running.name}"
+        )
+
+    async def _run_mirror(self, mirror: _Mirror, name: str) -> None:
+        # Polling: the ManagedElector protocol offers no leadership event to await.
+        try:
+            while True:
+                await asyncio.sleep(_MIRROR_INTERVAL_NS / 1e9)
+                mirror.sync()
+        except Exception:
+            # Fail closed: the slot says "not leader" until the manager stops.
+            self._log.exception(
+                "publishing the %s leadership failed; its health endpoint now answers 404",
+                name,
+                extra=self._extra(name),
+            )
+            mirror.stop()
 
     def _wrap_hook(self, name: str, elector_id: str, verb: str, hook: Hook | None) -> Hook:
         log = self._log

@@ -54,7 +54,7 @@ from .errors import (
 )
 from .peer import PeerChecker
 from .record import encode_record, parse_record
-from .storage.base import BucketNotFound, ObjectNotFound, Storage
+from .storage.base import BucketNotFound, MinimalStorage, ObjectNotFound, Storage, as_storage
 
 __all__ = ["Elector", "LeadershipLost", "LeadershipStatus"]
 
@@ -149,7 +149,7 @@ class Elector:
     def __init__(
         self,
         config: ElectorConfig,
-        storage: Storage,
+        storage: Storage | MinimalStorage,
         logger: logging.Logger | None = None,
         *,
         table: LeadershipTable | None = None,
@@ -157,6 +157,7 @@ class Elector:
     ) -> None:
         if not isinstance(config, ElectorConfig):
             raise TypeError("config must be an ElectorConfig")
+        storage = as_storage(storage)  # a get/put_if_match-only store gets the rest filled in
         self._config = config.copy()
         self._storage = storage
         self._log = logger or logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import aiohttp
 import orjson
 
 from .errors import TLSError
+from .tls import client_ssl_context
 
 __all__ = ["PeerAnswer", "PeerChecker"]
 
@@ -38,14 +39,11 @@ class PeerAnswer:
 
 
 def _client_context(ca_pem: bytes) -> ssl.SSLContext:
+    # The one client context fastelect builds: this CA only, hostname/IP checked.
     try:
-        ctx = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
-    except (ssl.SSLError, ValueError, UnicodeDecodeError) as exc:
+        return client_ssl_context(ca_pem)
+    except TLSError as exc:
         raise TLSError(f"peer_ca_cert is not a valid PEM CA certificate: {exc}") from exc
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.check_hostname = True
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
 
 
 class PeerChecker:

@@ -12,8 +12,9 @@ Store URLs are described in :mod:`fastelect.cli.stores`.  Every failure the
 user can cause or fix (a bad URL, an unreachable endpoint, refused
 credentials, a missing bucket, a bad certificate) ends in one line on stderr
 and a non-zero exit, never a traceback.  Exit codes: 0 success, 1 error,
-2 bad usage, 3 ``status`` found no live leader; ``run`` exits with its
-child's status; ``check`` exits 0 fit, 1 not fit, 2 could not check.
+2 bad input (a bad flag or flag value: the line names the flag), 3
+``status`` found no live leader; ``run`` exits with its child's status;
+``check`` exits 0 fit, 1 not fit, 2 could not check.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import FastelectError
+from ..errors import ConfigError, FastelectError
 from . import _util, certs, check, demo, run, status
 
 __all__ = ["build_parser", "main"]
@@ -33,7 +34,7 @@ _COMMANDS = "{demo,run,status,check,certs}"
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
-    parser = argparse.ArgumentParser(
+    parser = _util.Parser(
         prog="fastelect",
         description="Leader election on S3 and S3-compatible stores through conditional writes.",
         epilog="Run 'fastelect COMMAND --help' for a command's options.",
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("fastelect: interrupted\n")
         return 130
+    except ConfigError as exc:
+        # Bad input found after parsing; the commands name the flag as the field.
+        sys.stderr.write(_util.usage_line(str(exc), f"fastelect {args.command_name}"))
+        return _util.EXIT_USAGE
     except (FastelectError, OSError) as exc:
         # Expected failures (including ConfigError, a ValueError) as one line;
         # anything else is a bug and keeps its traceback.

@@ -1,14 +1,24 @@
-"""Helpers the commands share: exit codes, the event loop, timing flags, logging."""
+"""Helpers the commands share: exit codes, the parser, the event loop, timing flags, logging.
+
+Bad input, whichever layer finds it, ends the same way: one line on stderr
+that names the flag, ``fastelect: error: --flag: problem (see '... --help')``,
+and exit status 2.  argparse's own errors go through :meth:`Parser.error`;
+the commands raise :class:`~fastelect.ConfigError` with the flag as its
+field, which :func:`fastelect.cli.main` reports the same way.  Failures of
+the world rather than of the input (an unreachable store, refused
+credentials, files that exist already) exit 1.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import re
 import sys
 import textwrap
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ..config import ElectorConfig
 from ..errors import ConfigError, FastelectError
@@ -19,14 +29,18 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "CLIError",
+    "Parser",
     "add_logging_args",
     "add_timing_args",
     "configure_logging",
     "elector_config",
     "exit_status",
+    "lock_key",
     "one_line",
     "paragraph",
     "run_async",
+    "table_name",
+    "usage_line",
 ]
 
 T = TypeVar("T")
@@ -39,6 +53,9 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 #: ``fastelect status``: the lock has no live leader.
 EXIT_NO_LEADER = 3
+
+# The leadership table's own rule for names (they become /dev/shm/fastelect.<name>).
+_TABLE_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
 
 # Config fields named by the flags that set them, so errors name what to change.
 _FLAG_OF_FIELD = {
@@ -55,6 +72,24 @@ _FLAG_OF_FIELD = {
 
 class CLIError(FastelectError):
     """A failure the command reports as one line on stderr before exiting non-zero."""
+
+
+def usage_line(problem: str, prog: str) -> str:
+    """The one stderr line that reports bad input (``problem`` names the flag)."""
+    return f"fastelect: error: {' '.join(problem.split())} (see '{prog} --help')\n"
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line naming the flag, exit 2.
+
+    ``add_subparsers`` builds the commands' parsers with this class too.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Report ``message`` on one line and exit with :data:`EXIT_USAGE`."""
+        # argparse writes "argument --flag: problem"; the flag is the subject.
+        problem = re.sub(r"^argument ([^:]+): ", r"\1: ", message)
+        self.exit(EXIT_USAGE, usage_line(problem, self.prog))
 
 
 def one_line(exc: BaseException) -> str:
@@ -87,6 +122,24 @@ def positive_seconds(text: str) -> float:
     if not (value > 0 and value != float("inf")):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
+
+
+def lock_key(text: str) -> str:
+    """argparse type: a lock object key, as ``ElectorConfig.lockfile_path`` takes it."""
+    try:
+        ElectorConfig(text, "flag-check")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{exc.field}: ")) from None
+    return text
+
+
+def table_name(text: str) -> str:
+    """argparse type: a leadership-table name (1-24 of ``A-Za-z0-9_.-``)."""
+    if not _TABLE_NAME_RE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"must be 1-24 characters of letters, digits, '_', '.', '-', not {text!r}"
+        )
+    return text
 
 
 def non_negative_seconds(text: str) -> float:

@@ -21,10 +21,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError, TLSError
 from ..tls import CertificateAuthority, TLSCertificate
 from . import _util
 
 __all__ = ["add_parser", "command"]
+
+# A century; far beyond any CA's own life, which caps the certificate anyway.
+_MAX_DAYS = 36500
+# The library's parameter names, as its messages begin, to the flags that set them.
+_FLAG_OF_PARAM = {
+    "common_name": "--cn",
+    "valid_days": "--days",
+    "dns_names": "--dns",
+    "ip_addresses": "--ip",
+}
 
 
 def add_parser(subparsers: Any) -> None:
@@ -53,7 +64,11 @@ def add_parser(subparsers: Any) -> None:
         "--cn", default=None, metavar="NAME", help="common name (default: first DNS name or IP)"
     )
     p.add_argument(
-        "--days", type=int, default=90, metavar="N", help="server certificate validity (days)"
+        "--days",
+        type=_days,
+        default=90,
+        metavar="N",
+        help="server certificate validity in days, 1-36500 (default 90; never past the CA's)",
     )
     p.add_argument("--ca-cert", metavar="FILE", help="sign with this existing CA certificate…")
     p.add_argument("--ca-key", metavar="FILE", help="…and its private key")
@@ -69,8 +84,6 @@ def command(args: argparse.Namespace) -> int:
         parser.error("give at least one --ip or --dns: TLS clients check these, not the CN")
     if bool(args.ca_cert) != bool(args.ca_key):
         parser.error("--ca-cert and --ca-key go together")
-    if args.days < 1:
-        parser.error("--days must be at least 1")
     for ip in args.ip:
         try:
             ipaddress.ip_address(ip)
@@ -84,16 +97,25 @@ def command(args: argparse.Namespace) -> int:
     if existing and not args.force:
         raise _util.CLIError(f"{', '.join(existing)} already exist; pass --force to replace")
     if args.ca_cert:
-        ca = CertificateAuthority(_read(args.ca_cert), _read(args.ca_key))
+        try:
+            ca = CertificateAuthority(_read(args.ca_cert), _read(args.ca_key))
+        except TLSError as exc:
+            raise ConfigError("--ca-cert/--ca-key", str(exc)) from exc
     else:
         ca = CertificateAuthority.create()
     common_name = args.cn or (args.dns[0] if args.dns else args.ip[0])
-    server = ca.issue(
-        common_name=common_name,
-        dns_names=args.dns,
-        ip_addresses=args.ip,
-        valid_days=args.days,
-    )
+    try:
+        server = ca.issue(
+            common_name=common_name,
+            dns_names=args.dns,
+            ip_addresses=args.ip,
+            valid_days=args.days,
+        )
+    except TLSError as exc:
+        # The library names its parameter; the user needs the flag that set it.
+        message = str(exc)
+        flag = next((f for p, f in _FLAG_OF_PARAM.items() if message.startswith(p)), "--dns/--ip")
+        raise ConfigError(flag, message) from exc
     written: list[Path] = []
     if not args.ca_cert:
         # The CA pair is a valid TLSCertificate too, which writes 0600 files.
@@ -113,4 +135,16 @@ def _read(path: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as exc:
-        raise _util.CLIError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        problem = f"cannot read {path}: {exc.strerror or exc}"
+        raise ConfigError("--ca-cert/--ca-key", problem) from exc
+
+
+def _days(text: str) -> int:
+    """argparse type: a whole number of days, 1-36500."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of days: {text!r}") from None
+    if not 1 <= value <= _MAX_DAYS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {_MAX_DAYS}, not {value}")
+    return value

@@ -99,7 +99,9 @@ def add_parser(subparsers: Any) -> None:
         metavar="S",
         help="roughly how long the demo runs (default 20)",
     )
-    p.add_argument("--lock", default=DEFAULT_LOCK, metavar="KEY", help="lock object key")
+    p.add_argument(
+        "--lock", type=_util.lock_key, default=DEFAULT_LOCK, metavar="KEY", help="lock object key"
+    )
     _util.add_timing_args(p, lease=2.0, frequent=0.5, infrequent=None)
     p.add_argument(
         "--json",

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .._core import LeadershipTable
 from ..config import ElectorConfig
 from ..elector import Elector, LeadershipLost
+from ..errors import ConfigError, TLSError
 from ..storage import Storage
 from ..tls import TLSCertificate
 from . import _util
@@ -80,7 +81,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--store", required=True, metavar="URL", help="file:///dir or s3://bucket/…")
     p.add_argument("--id", required=True, dest="server_id", help="this node's unique id")
     p.add_argument(
-        "--lock", default="leader.json", metavar="KEY", help="lock object key (default leader.json)"
+        "--lock",
+        type=_util.lock_key,
+        default="leader.json",
+        metavar="KEY",
+        help="lock object key (default leader.json)",
     )
     p.add_argument(
         "--addr",
@@ -114,6 +119,7 @@ def add_parser(subparsers: Any) -> None:
     publish = p.add_argument_group("publishing the leadership")
     publish.add_argument(
         "--shm",
+        type=_util.table_name,
         metavar="NAME",
         help="publish the leadership table in shared memory as NAME, for "
         "fastelect.attach(NAME).is_leader('default') in other processes",
@@ -153,7 +159,9 @@ def command(args: argparse.Namespace) -> int:
     config = _util.elector_config(
         args, lockfile_path=args.lock, server_id=args.server_id, server_addr=addr
     )
-    cert = TLSCertificate.from_files(args.tls_cert, args.tls_key) if args.health_bind else None
+    cert = _health_cert(args.tls_cert, args.tls_key) if args.health_bind else None
+    if args.health_bind:
+        _check_health_bind(args.health_bind, cert)
     # A command's lease watchdog reads the deadline from a named table, so
     # there is always one then (private: mode 0600, removed on stop).
     table_name = args.shm or (f"run-{os.getpid()}" if cmd or args.health_bind else None)
@@ -169,6 +177,25 @@ def command(args: argparse.Namespace) -> int:
         tls_cert=cert,
     )
     return _util.run_async(sidecar.run())
+
+
+def _health_cert(cert_path: str, key_path: str) -> TLSCertificate:
+    try:
+        return TLSCertificate.from_files(cert_path, key_path)
+    except TLSError as exc:  # its message names the file at fault
+        raise ConfigError("--tls-cert/--tls-key", str(exc)) from exc
+
+
+def _check_health_bind(bind: str, cert: TLSCertificate | None) -> None:
+    # Checked before anything starts, so a typo is bad input (exit 2), not a
+    # failure found after the sidecar began campaigning.
+    from ..health import HealthServerConfig
+
+    assert cert is not None
+    try:
+        HealthServerConfig(bind_addr=bind, tls_cert=cert)
+    except ConfigError as exc:
+        raise ConfigError("--health-bind", str(exc).removeprefix(f"{exc.field}: ")) from exc
 
 
 def _addr_from_bind(bind: str | None) -> str:

@@ -38,7 +38,9 @@ def add_parser(subparsers: Any) -> None:
         "3 if none, 1 on errors.",
     )
     p.add_argument("--store", required=True, metavar="URL", help="file:///dir or s3://bucket/…")
-    p.add_argument("--lock", default="leader.json", metavar="KEY", help="lock object key")
+    p.add_argument(
+        "--lock", type=_util.lock_key, default="leader.json", metavar="KEY", help="lock object key"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
     p.add_argument(
         "--leader-timeout",

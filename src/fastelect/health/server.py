@@ -36,6 +36,7 @@ import errno
 import ipaddress
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -80,11 +81,13 @@ class HealthServerConfig:
 
     ``bind_addr`` is ``host:port`` as Go writes it: ``":8443"`` (every
     interface, IPv6 and IPv4 where the host allows), ``"127.0.0.1:8443"``,
-    ``"[::1]:8443"`` or ``"localhost:8443"`` (loopback).  Port 0 picks a
-    free port; read it from :attr:`HealthServer.port` after start.
+    ``"[::1]:8443"``, ``"localhost:8443"`` (loopback) or a host name such
+    as ``"node1.internal:8443"``, resolved when the server starts and bound
+    on one of its addresses (an IPv4 one first, as Go does).  Port 0 picks
+    a free port; read it from :attr:`HealthServer.port` after start.
     """
 
-    #: ``host:port`` to listen on; host empty, an IP literal or ``localhost``.
+    #: ``host:port`` to listen on; host empty, an IP literal or a host name.
     bind_addr: str
     #: The server's certificate chain and key (validated on construction).
     tls_cert: TLSCertificate
@@ -106,7 +109,7 @@ class HealthServerConfig:
 
     @property
     def host(self) -> str:
-        """The host part: ``""`` for every interface, else an IP literal (no brackets)."""
+        """The host part: ``""`` for every interface, an IP literal (no brackets) or a name."""
         return _parse_bind_addr(self.bind_addr)[0]
 
     @property
@@ -131,14 +134,50 @@ def _parse_bind_addr(value: object) -> tuple[str, int]:
         try:
             parsed = ipaddress.ip_address(host)
         except ValueError:
-            raise ConfigError(
-                "bind_addr", f"host must be empty, an IP address or 'localhost', not {host!r}"
-            ) from None
-        if parsed.version == 6:
-            raise ConfigError("bind_addr", f"write an IPv6 host in brackets: '[{host}]:port'")
+            if not _HOST_NAME_RE.match(host) or len(host) > 253:
+                raise ConfigError(
+                    "bind_addr",
+                    f"host must be empty, an IP address or a host name, not {host!r}",
+                ) from None
+        else:
+            if parsed.version == 6:
+                raise ConfigError("bind_addr", f"write an IPv6 host in brackets: '[{host}]:port'")
     if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ConfigError("bind_addr", f"port must be 0-65535, not {port_text!r}")
     return host, int(port_text)
+
+
+# Dot-separated labels of letters, digits, '-' and '_' (as /etc/hosts allows).
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+_HOST_NAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+# Bound on resolving a host name in bind_addr.
+_RESOLVE_TIMEOUT_S = 5.0
+
+
+async def _resolve_bind_host(host: str) -> str:
+    """``host`` as an address to bind: itself unless it is a name, which is resolved.
+
+    Raises :class:`HealthServerError` if the name does not resolve in time.
+    """
+    if not host:
+        return host
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return host
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(_RESOLVE_TIMEOUT_S):
+            infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError) as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+        raise HealthServerError(
+            f"cannot listen on {host}: the host name does not resolve ({reason})"
+        ) from exc
+    addresses = [str(info[4][0]) for info in infos if info[0] in (socket.AF_INET, socket.AF_INET6)]
+    if not addresses:
+        raise HealthServerError(f"cannot listen on {host}: the host name has no IP address")
+    # Go's listener takes an IPv4 address of the name first.
+    return next((a for a in addresses if ":" not in a), addresses[0])
 
 
 def _reserve_port(host: str, port: int) -> tuple[str, int]:
@@ -350,8 +389,9 @@ class HealthServer:
             self._cert_path, self._key_path = cert.write_private(self._dir, name="health")
             self._log_file = str(Path(self._dir, "granian.log"))
             attempts = 3 if self.config.port == 0 else 1
+            bind_host = await _resolve_bind_host(self.config.host)
             for attempt in range(attempts):
-                host, port = _reserve_port(self.config.host, self.config.port)
+                host, port = _reserve_port(bind_host, self.config.port)
                 self._host, self._port = host, port
                 try:
                     await self._launch()

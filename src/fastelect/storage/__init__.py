@@ -1,6 +1,6 @@
 """Lock stores: the :class:`Storage` protocol and its backends."""
 
-from .base import MAX_OBJECT_SIZE, Storage, StorageStats
+from .base import MAX_OBJECT_SIZE, MinimalStorage, Storage, StorageStats, as_storage
 from .file import FileStorage
 from .memory import MemoryStorage
 from .s3 import S3Storage
@@ -11,9 +11,11 @@ __all__ = [
     "CheckResult",
     "FileStorage",
     "MemoryStorage",
+    "MinimalStorage",
     "S3Storage",
     "Storage",
     "StorageStats",
     "VerifyReport",
+    "as_storage",
     "verify_storage",
 ]
