@@ -274,6 +274,61 @@ async def test_file_two_processes_lose_no_update(tmp_path: Path) -> None:
     assert sum(int(out) for out in outputs) > 0
 
 
+_STALLED_WRITER = """
+import asyncio, os, sys
+from fastelect.storage import FileStorage
+
+real_fsync = os.fsync
+
+def stalled_fsync(fd):
+    # Fault injection at the disk boundary: the temp file is written and this
+    # writer holds the key's lock; stall here until killed.
+    print("in fsync", flush=True)
+    sys.stdin.readline()
+    real_fsync(fd)
+
+os.fsync = stalled_fsync
+storage = FileStorage(sys.argv[1])
+asyncio.run(storage.put_if_match("counter", b"from the killed writer", sys.argv[2]))
+"""
+
+
+@pytest.mark.asyncio
+async def test_file_temp_file_of_a_writer_killed_mid_write_is_removed(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    etag = await storage.put_if_match("counter", b"before", "")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_WRITER, str(tmp_path), etag],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_child_env(),
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "in fsync"
+        writer.kill()
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        for pipe in (writer.stdin, writer.stdout):
+            if pipe is not None:
+                pipe.close()
+    orphans = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert orphans == [f".counter.{writer.pid}.{orphans[0].split('.')[-2]}.tmp"], orphans
+    # The killed write never landed, and its lock died with it.
+    assert await storage.get("counter") == (b"before", etag)
+
+    # A key sharing the prefix keeps its own temp files.
+    other = tmp_path / f".counter.1.{writer.pid}.0123456789abcdef.tmp"
+    other.write_bytes(b"another key's in-flight write")
+    new = await FileStorage(tmp_path).put_if_match("counter", b"after", etag)
+    assert await storage.get("counter") == (b"after", new)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == [other.name]
+
+
 @pytest.mark.parametrize(
     "key", ["", "../escape", "a/../../escape", "/etc/passwd", "a//b", "./a", "a/.", "a/", "nul\0"]
 )
