@@ -11,6 +11,7 @@ import fcntl
 import gc
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -203,6 +205,134 @@ async def test_closed_storage_refuses_work(storage: Storage) -> None:
         await storage.get(KEY)
     with pytest.raises(StorageError, match="closed"):
         await storage.put_if_match(KEY, b"y", "")
+
+
+_RACER = """
+import asyncio, sys
+from fastelect.errors import PreconditionFailed
+from fastelect.storage import FileStorage, S3Storage
+
+async def main(me, kind, *where):
+    if kind == "file":
+        storage = FileStorage(where[0], lock_timeout=10)
+    else:
+        endpoint, bucket, prefix = where
+        storage = S3Storage(bucket, prefix, endpoint_url=endpoint, region_name="us-east-1",
+                            timeout=10)
+    await storage.check()  # connect (and warm the client) before the first round
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        round_, etag = line.split()
+        etag = "" if etag == "-" else etag
+        try:
+            new = await storage.put_if_match("race", f"{me}/{round_}".encode(), etag)
+        except PreconditionFailed:
+            print("lose", flush=True)
+        except Exception as exc:
+            print("error", type(exc).__name__, str(exc).replace("\\n", " "), flush=True)
+        else:
+            print("win", new, flush=True)
+    await storage.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+RACERS, ROUNDS = 4, 25
+
+
+# The racers are processes: which loop the test itself runs on does not matter.
+@pytest.mark.one_loop
+@pytest.mark.asyncio
+async def test_processes_racing_on_one_key_have_one_winner_per_round(storage: Storage) -> None:
+    """N racers, many rounds on one etag each: one winner, distinct etags, last write stays.
+
+    Racers are processes for every backend that crosses processes (memory
+    cannot: its racers are tasks). Each round every racer gets the same
+    etag (the last winner's; none for the first round, a create) at once.
+    Racers allow 10 s per request: SeaweedFS answers some losers' 412 only
+    after 1-2 s (they wait on its per-object lock).
+    """
+    if isinstance(storage, MemoryStorage):
+
+        async def race(round_: int, etag: str) -> list[str]:
+            async def one(me: int) -> str:
+                try:
+                    return "win " + await storage.put_if_match(
+                        "race", f"{me}/{round_}".encode(), etag
+                    )
+                except PreconditionFailed:
+                    return "lose"
+
+            # gather() starts tasks in order, so the first would always win.
+            order = random.sample(range(RACERS), RACERS)
+            results = dict(
+                zip(order, await asyncio.gather(*(one(me) for me in order)), strict=True)
+            )
+            return [results[me] for me in range(RACERS)]
+
+        await _run_rounds(storage, race)
+        return
+
+    if isinstance(storage, FileStorage):
+        where = ["file", storage.directory]
+    else:
+        assert isinstance(storage, S3Storage)
+        where = ["s3", storage._endpoint_url or "", storage.bucket, storage.prefix]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(me), *where],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_child_env(),
+            text=True,
+        )
+        for me in range(RACERS)
+    ]
+
+    def line(racer: subprocess.Popen[str]) -> str:
+        assert racer.stdout is not None
+        text = racer.stdout.readline().strip()
+        assert text, f"racer pid {racer.pid} exited (code {racer.poll()})"
+        return text
+
+    async def race(round_: int, etag: str) -> list[str]:
+        for racer in racers:
+            assert racer.stdin is not None
+            racer.stdin.write(f"{round_} {etag or '-'}\n")
+            racer.stdin.flush()
+        return [await asyncio.to_thread(line, racer) for racer in racers]
+
+    try:
+        for racer in racers:
+            assert await asyncio.to_thread(line, racer) == "ready"
+        await _run_rounds(storage, race)
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+            racer.wait(timeout=30)
+            for pipe in (racer.stdin, racer.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
+async def _run_rounds(storage: Storage, race: Any) -> None:
+    etag, winners = "", []
+    for round_ in range(ROUNDS):
+        outcomes = await race(round_, etag)
+        errors = [o for o in outcomes if not o.startswith(("win ", "lose"))]
+        assert not errors, f"round {round_}: {errors}"
+        won = [(me, o.split(" ", 1)[1]) for me, o in enumerate(outcomes) if o.startswith("win ")]
+        assert len(won) == 1, f"round {round_} (etag {etag!r}): winners {won}"
+        winners.append(won[0])
+        etag = won[0][1]
+    etags = [e for _, e in winners]
+    assert len(set(etags)) == len(etags), f"an etag repeated: {etags}"
+    last_me = winners[-1][0]
+    assert await storage.get("race") == (f"{last_me}/{ROUNDS - 1}".encode(), etag)
+    # Not always the same racer: the race is real (with 4 racers over 25
+    # rounds one racer winning every round would be a broken harness).
+    assert len({me for me, _ in winners}) > 1, winners
 
 
 # -- FileStorage -----------------------------------------------------------------
