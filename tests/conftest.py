@@ -209,6 +209,36 @@ def seaweedfs_auth(_seaweedfs: SeaweedFSServer, seaweedfs_bucket: str) -> S3Auth
     return S3Auth(_seaweedfs.url, seaweedfs_bucket, _seaweedfs.allowed, _seaweedfs.denied)
 
 
+# -- either real S3 server ---------------------------------------------------------
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("moto", marks=pytest.mark.s3),
+        pytest.param("seaweedfs", marks=pytest.mark.seaweedfs),
+    ]
+)
+def s3_server(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(endpoint URL, existing bucket) of each real S3 server in turn: moto, SeaweedFS."""
+    if request.param == "moto":
+        return request.getfixturevalue("moto_server"), request.getfixturevalue("s3_bucket")
+    return request.getfixturevalue("seaweedfs_server"), request.getfixturevalue("seaweedfs_bucket")
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("moto", marks=pytest.mark.s3),
+        pytest.param("seaweedfs", marks=pytest.mark.seaweedfs),
+    ]
+)
+def s3_auth(request: pytest.FixtureRequest) -> S3Auth:
+    """Each credential-checking S3 server in turn (moto, SeaweedFS), with its keys."""
+    auth: S3Auth = request.getfixturevalue(
+        "moto_auth_server" if request.param == "moto" else "seaweedfs_auth"
+    )
+    return auth
+
+
 # -- shared memory ---------------------------------------------------------------
 
 # Pids of every subprocess this session started (subprocess.Popen, which

@@ -37,7 +37,7 @@ from fastelect.errors import (
 from fastelect.storage import MAX_OBJECT_SIZE, FileStorage, MemoryStorage, S3Storage, Storage
 from helpers import (
     S3_REGION,
-    MotoAuth,
+    S3Auth,
     StubHTTPServer,
     boto3_client,
     free_port,
@@ -659,11 +659,10 @@ def test_s3_rejects_bad_config() -> None:
         S3Storage("b", aws_access_key_id="AKIA")
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
-async def test_s3_prefixes_isolate_storages(moto_server: str, s3_bucket: str) -> None:
-    one = make_s3_storage(moto_server, s3_bucket)
-    two = make_s3_storage(moto_server, s3_bucket)
+async def test_s3_prefixes_isolate_storages(s3_server: tuple[str, str]) -> None:
+    one = make_s3_storage(*s3_server)
+    two = make_s3_storage(*s3_server)
     try:
         await one.put_if_match(KEY, b"one", "")
         await two.put_if_match(KEY, b"two", "")
@@ -674,41 +673,41 @@ async def test_s3_prefixes_isolate_storages(moto_server: str, s3_bucket: str) ->
         await two.close()
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
-async def test_s3_put_sends_json_content_type(moto_server: str, s3_storage: S3Storage) -> None:
-    await s3_storage.put_if_match(KEY, b"{}", "")
-    client = boto3_client("s3", moto_server)
+async def test_s3_put_sends_json_content_type(s3_server: tuple[str, str]) -> None:
+    storage = make_s3_storage(*s3_server)
+    client = boto3_client("s3", s3_server[0])
     try:
-        head = client.head_object(Bucket=s3_storage.bucket, Key=f"{s3_storage.prefix}/{KEY}")
+        await storage.put_if_match(KEY, b"{}", "")
+        head = client.head_object(Bucket=storage.bucket, Key=f"{storage.prefix}/{KEY}")
     finally:
         client.close()
+        await storage.close()
     assert head["ContentType"] == "application/json"
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
-async def test_s3_missing_bucket_is_bucket_not_found(moto_server: str) -> None:
-    storage = make_s3_storage(moto_server, "no-such-bucket")
+async def test_s3_missing_bucket_is_bucket_not_found(s3_server: tuple[str, str]) -> None:
+    endpoint, _ = s3_server
+    storage = make_s3_storage(endpoint, "no-such-bucket")
     try:
         for attempt in (storage.check(), storage.get(KEY), storage.put_if_match(KEY, b"x", "")):
             with pytest.raises(BucketNotFound) as info:
                 await attempt
             assert "'no-such-bucket'" in str(info.value)
-            assert moto_server in str(info.value)
+            assert endpoint in str(info.value)
     finally:
         await storage.close()
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
 async def test_s3_auth_enforcing_server_accepts_good_credentials(
-    moto_auth_server: MotoAuth,
+    s3_auth: S3Auth,
 ) -> None:
-    key_id, secret = moto_auth_server.allowed
+    key_id, secret = s3_auth.allowed
     storage = make_s3_storage(
-        moto_auth_server.url,
-        moto_auth_server.bucket,
+        s3_auth.url,
+        s3_auth.bucket,
         aws_access_key_id=key_id,
         aws_secret_access_key=secret,
     )
@@ -720,18 +719,17 @@ async def test_s3_auth_enforcing_server_accepts_good_credentials(
         await storage.close()
 
 
-@pytest.mark.s3
 @pytest.mark.parametrize("who", ["unknown key", "wrong secret", "no permissions"])
 @pytest.mark.asyncio
-async def test_s3_refused_credentials_are_auth_errors(moto_auth_server: MotoAuth, who: str) -> None:
+async def test_s3_refused_credentials_are_auth_errors(s3_auth: S3Auth, who: str) -> None:
     key_id, secret, code = {
         "unknown key": ("AKIAIOSFODNN7EXAMPLE", "not-a-secret", "InvalidAccessKeyId"),
-        "wrong secret": (moto_auth_server.allowed[0], "not-the-secret", "SignatureDoesNotMatch"),
-        "no permissions": (*moto_auth_server.denied, "AccessDenied"),
+        "wrong secret": (s3_auth.allowed[0], "not-the-secret", "SignatureDoesNotMatch"),
+        "no permissions": (*s3_auth.denied, "AccessDenied"),
     }[who]
     storage = make_s3_storage(
-        moto_auth_server.url,
-        moto_auth_server.bucket,
+        s3_auth.url,
+        s3_auth.bucket,
         aws_access_key_id=key_id,
         aws_secret_access_key=secret,
     )
@@ -809,10 +807,9 @@ async def test_s3_error_answers_map_and_are_not_retried(
     assert stub.requests[0].startswith("PUT /bucket/")
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
-async def test_s3_client_is_reused_and_closed_cleanly(moto_server: str, s3_bucket: str) -> None:
-    storage = make_s3_storage(moto_server, s3_bucket)
+async def test_s3_client_is_reused_and_closed_cleanly(s3_server: tuple[str, str]) -> None:
+    storage = make_s3_storage(*s3_server)
     etag = await storage.put_if_match(KEY, b"x", "")
     client = await storage._get_client()
     await storage.get(KEY)
