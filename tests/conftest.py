@@ -74,7 +74,9 @@ def pytest_asyncio_loop_factories(
 
 
 _S3_FIXTURES = frozenset({"moto_server", "moto_auth_server", "s3_bucket", "s3_storage"})
-_SEAWEEDFS_FIXTURES = frozenset({"seaweedfs_server", "seaweedfs_bucket", "seaweedfs_auth"})
+_SEAWEEDFS_FIXTURES = frozenset(
+    {"seaweedfs_server", "seaweedfs_bucket", "seaweedfs_auth", "seaweedfs_autocreate_server"}
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -207,6 +209,19 @@ def seaweedfs_bucket(_seaweedfs: SeaweedFSServer) -> str:
 def seaweedfs_auth(_seaweedfs: SeaweedFSServer, seaweedfs_bucket: str) -> S3Auth:
     """``seaweedfs_server`` with the keys of one allowed and one denied identity."""
     return S3Auth(_seaweedfs.url, seaweedfs_bucket, _seaweedfs.allowed, _seaweedfs.denied)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_autocreate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second SeaweedFS with weed's default ``-s3.autoCreateBucket``: PUT creates buckets."""
+    binary, reason = seaweedfs_binary_or_reason()
+    if binary is None:
+        if reason.startswith("error:"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    directory = tmp_path_factory.mktemp("seaweedfs-autocreate")
+    with SeaweedFSServer(binary, directory, auto_create_bucket=True) as server:
+        yield server.url
 
 
 # -- either real S3 server ---------------------------------------------------------

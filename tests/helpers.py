@@ -422,8 +422,16 @@ class SeaweedFSServer:
     allowed = ("SWALLOWED0000000000A", "allowed-secret-0123456789")
     denied = ("SWDENIED00000000000A", "denied-secret-0123456789")
 
-    def __init__(self, binary: str, directory: Path, *, start_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        binary: str,
+        directory: Path,
+        *,
+        start_timeout: float = 30.0,
+        auto_create_bucket: bool = False,
+    ) -> None:
         self.binary = binary
+        self.auto_create_bucket = auto_create_bucket
         self.directory = directory
         self.log_path = directory / "weed.log"
         self.start_timeout = start_timeout
@@ -478,8 +486,9 @@ class SeaweedFSServer:
                 # Fixed default ports (8181, 9101): a second instance would fail to bind.
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
-                # Like S3: a PUT into a missing bucket fails instead of creating it.
-                "-s3.autoCreateBucket=false",
+                # Off (unlike weed's default) unless asked: then, as on S3, a
+                # PUT into a missing bucket fails instead of creating it.
+                f"-s3.autoCreateBucket={str(self.auto_create_bucket).lower()}",
                 f"-filer.localSocket={self.directory / f'filer-{attempt}.sock'}",
                 f"-s3.localSocket={self.directory / f's3-{attempt}.sock'}",
                 # Small volumes, grown on demand: each bucket is its own collection.

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 
 import fastelect.storage
+from fastelect import Elector, ElectorConfig
 from fastelect.errors import (
     BucketNotFound,
     ConfigError,
@@ -696,6 +698,32 @@ async def test_s3_missing_bucket_is_bucket_not_found(s3_server: tuple[str, str])
                 await attempt
             assert "'no-such-bucket'" in str(info.value)
             assert endpoint in str(info.value)
+    finally:
+        await storage.close()
+
+
+@pytest.mark.asyncio
+async def test_s3_check_finds_a_missing_bucket_where_put_would_create_it(
+    seaweedfs_autocreate_server: str,
+) -> None:
+    """SeaweedFS by default creates a missing bucket on PUT (admin identities).
+
+    A typo in the bucket name would then silently start a fresh election in
+    a new bucket. ``check()`` (which Elector.start runs first) still reports
+    BucketNotFound: HeadBucket does not create.
+    """
+    bucket = f"typo-{uuid.uuid4().hex[:12]}"
+    storage = make_s3_storage(seaweedfs_autocreate_server, bucket)
+    try:
+        with pytest.raises(BucketNotFound, match=f"'{bucket}'"):
+            await storage.check()
+        elector = Elector(ElectorConfig("leader.json", "x", "127.0.0.1:1"), storage)
+        with pytest.raises(BucketNotFound):
+            await elector.start()
+        assert not elector.running
+        # What the check protects against: a bare PUT creates the bucket.
+        await storage.put_if_match(KEY, b"x", "")
+        await storage.check()
     finally:
         await storage.close()
 
