@@ -7,6 +7,7 @@ directory so no other process on the host is ever touched.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import struct
@@ -223,3 +224,44 @@ def test_leftovers_of_a_sweep_that_died_mid_way_are_removed(tmp_path: Path) -> N
 def test_missing_directory_lists_nothing(tmp_path: Path) -> None:
     assert table_gc.list_tables(str(tmp_path / "absent")) == []
     assert table_gc.remove_stale_tables(str(tmp_path / "absent")) == []
+
+
+def test_status_lists_tables_and_removes_stale_ones(name: str) -> None:
+    live_name = f"{name}L"
+    live, dead = Owner(live_name), Owner(name)
+    cli = [sys.executable, "-m", "fastelect.cli", "status", "--tables"]
+    try:
+        dead.proc.kill()
+        dead.proc.wait(timeout=WAIT)
+
+        done = subprocess.run([*cli, "--json"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        listed = {t["name"]: t for t in json.loads(done.stdout)["tables"]}
+        assert (listed[name]["state"], listed[name]["stale"]) == ("dead owner", True)
+        assert listed[name]["owner_pid"] == dead.proc.pid
+        assert (listed[live_name]["state"], listed[live_name]["owner_pid"]) == (
+            "live",
+            live.proc.pid,
+        )
+
+        done = subprocess.run([*cli, "--remove-stale"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert f"removed {shm_path(name)}" in done.stdout
+        assert f"{live_name}: live, owner pid {live.proc.pid}" in done.stdout
+        assert not Path(shm_path(name)).exists()
+        assert Path(shm_path(live_name)).exists()
+    finally:
+        live.stop()
+        dead.stop()
+        Path(shm_path(live_name)).unlink(missing_ok=True)
+
+
+def test_status_needs_a_store_or_tables() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fastelect.cli", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--store" in done.stderr
