@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from fastelect import LeadershipTable, table_gc
+from fastelect import LeadershipTable, MemoryStorage, table_gc
 from fastelect._core import shm_path
+from fastelect.election import ElectionConfig, Manager, ManagerConfig
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(table_gc.SHM_DIR), reason="POSIX shared memory is not a directory here"
@@ -265,3 +266,22 @@ def test_status_needs_a_store_or_tables() -> None:
     )
     assert done.returncode == 2
     assert "--store" in done.stderr
+
+
+@pytest.mark.asyncio
+async def test_a_starting_manager_sweeps_dead_owners_tables(name: str) -> None:
+    dead = Owner(name)
+    dead.proc.kill()
+    dead.stop()
+    assert Path(shm_path(name)).exists()
+
+    manager = Manager(ManagerConfig("c", "s", "n", table_name=f"{name}M"))
+    try:
+        await manager.start_cluster_election(
+            ElectionConfig(MemoryStorage(), frequent_interval=1, leader_timeout=3)
+        )
+        assert not Path(shm_path(name)).exists(), "the Manager did not sweep the dead table"
+        assert Path(shm_path(f"{name}M")).exists()
+    finally:
+        await manager.stop()
+    assert not Path(shm_path(f"{name}M")).exists()
