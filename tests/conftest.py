@@ -196,10 +196,14 @@ def seaweedfs_server(_seaweedfs: SeaweedFSServer) -> str:
 
 @pytest.fixture(scope="session")
 def seaweedfs_bucket(_seaweedfs: SeaweedFSServer) -> str:
-    """Name of a bucket that exists on ``seaweedfs_server``."""
+    """Name of a bucket that exists on ``seaweedfs_server``, warmed up for writes."""
     client = _seaweedfs.client()
     try:
         client.create_bucket(Bucket=S3_BUCKET)
+        # Each bucket is its own collection: its first PUT waits for volumes
+        # to be grown (0.2 s idle, seconds on a loaded box), longer than the
+        # elector tests' 0.2 s storage timeout. Pay that here, with a long one.
+        client.put_object(Bucket=S3_BUCKET, Key="warm-up", Body=b"warm-up")
     finally:
         client.close()
     return S3_BUCKET

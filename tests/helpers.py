@@ -177,8 +177,27 @@ def _check_alive(proc: subprocess.Popen[Any] | None, what: str) -> None:
         raise AssertionError(f"the process serving {what} exited with code {proc.returncode}")
 
 
+# moto's server, one request at a time. moto checks If-Match / If-None-Match
+# and then stores the object without a lock, and its server is threaded, so
+# two concurrent conditional PUTs can both succeed (seen: two winners of one
+# If-Match round). Serialized, every conditional write is atomic, as on S3.
+_MOTO_SINGLE_THREADED = """
+import sys
+import moto.server as server
+
+real_run_simple = server.run_simple
+
+def run_single_threaded(*args, **kwargs):
+    kwargs["threaded"] = False
+    real_run_simple(*args, **kwargs)
+
+server.run_simple = run_single_threaded
+server.main(sys.argv[1:])
+"""
+
+
 class MotoServer:
-    """A real moto server (``python -m moto.server``) in a subprocess on loopback.
+    """A real moto server (moto.server, serving one request at a time) on loopback.
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. Its
     output goes to ``log_path`` (a pipe could fill up and stall it), which
@@ -201,7 +220,7 @@ class MotoServer:
             port = free_port()
             self.url = f"http://127.0.0.1:{port}"
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [sys.executable, "-c", _MOTO_SINGLE_THREADED, "-H", "127.0.0.1", "-p", str(port)],
                 stdin=subprocess.DEVNULL,
                 stdout=self._log,
                 stderr=subprocess.STDOUT,

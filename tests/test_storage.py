@@ -252,7 +252,7 @@ async def test_processes_racing_on_one_key_have_one_winner_per_round(storage: St
     cannot: its racers are tasks). Each round every racer gets the same
     etag (the last winner's; none for the first round, a create) at once.
     Racers allow 10 s per request: SeaweedFS answers some losers' 412 only
-    after 1-2 s (they wait on its per-object lock).
+    after 1-3 s (they wait on its per-object lock).
     """
     if isinstance(storage, MemoryStorage):
 

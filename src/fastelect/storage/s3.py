@@ -13,8 +13,9 @@ Tested against moto and SeaweedFS (4.48). SeaweedFS answers like S3 (412
 for a failed ``If-None-Match``/``If-Match``, also on a missing key; 404
 NoSuchBucket / NoSuchKey; 403 InvalidAccessKeyId / SignatureDoesNotMatch /
 AccessDenied), with two differences worth knowing: when conditional writes
-to one key collide, some losers get their 412 only after 1-2 s (they queue
-on a per-object lock), so a ``timeout`` below ~2.5 s turns those into
+to one key collide, some losers get their 412 only after 1-3 s (they queue
+on a per-object lock and retry once a second), so a ``timeout`` of a few
+seconds turns those into
 StorageUnavailable (an unknown outcome, which the elector reads back); and
 by default it creates a missing bucket on PUT for admin identities, so a
 mistyped bucket only fails in :meth:`S3Storage.check`, which Elector.start
