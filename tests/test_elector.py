@@ -33,6 +33,7 @@ from fastelect import (
 from fastelect._core import monotonic_ns
 from fastelect.record import encode_record
 from fastelect.storage import Storage
+from helpers import S3Auth
 
 pytestmark = pytest.mark.asyncio
 
@@ -396,8 +397,8 @@ async def test_start_twice_raises_and_stop_twice_is_safe() -> None:
     await elector.stop()
 
 
-async def test_missing_bucket_fails_start_with_a_typed_error(moto_server: str) -> None:
-    storage = S3Storage("no-such-bucket-here", endpoint_url=moto_server, region_name="us-east-1")
+async def test_missing_bucket_fails_start_with_a_typed_error(s3_server: tuple[str, str]) -> None:
+    storage = S3Storage("no-such-bucket-here", endpoint_url=s3_server[0], region_name="us-east-1")
     elector = Elector(fast_config("x"), storage)
     try:
         with pytest.raises(BucketNotFound, match="no-such-bucket-here"):
@@ -407,11 +408,11 @@ async def test_missing_bucket_fails_start_with_a_typed_error(moto_server: str) -
         await storage.close()
 
 
-async def test_wrong_credentials_fail_start_with_a_typed_error(moto_auth_server) -> None:  # type: ignore[no-untyped-def]
-    key, _ = moto_auth_server.denied
+async def test_wrong_credentials_fail_start_with_a_typed_error(s3_auth: S3Auth) -> None:
+    key, _ = s3_auth.denied
     storage = S3Storage(
-        moto_auth_server.bucket,
-        endpoint_url=moto_auth_server.url,
+        s3_auth.bucket,
+        endpoint_url=s3_auth.url,
         region_name="us-east-1",
         aws_access_key_id=key,
         aws_secret_access_key="definitely-wrong",

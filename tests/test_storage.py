@@ -11,18 +11,22 @@ import fcntl
 import gc
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import fastelect.storage
+from fastelect import Elector, ElectorConfig
 from fastelect.errors import (
     BucketNotFound,
     ConfigError,
@@ -35,7 +39,7 @@ from fastelect.errors import (
 from fastelect.storage import MAX_OBJECT_SIZE, FileStorage, MemoryStorage, S3Storage, Storage
 from helpers import (
     S3_REGION,
-    MotoAuth,
+    S3Auth,
     StubHTTPServer,
     boto3_client,
     free_port,
@@ -205,6 +209,134 @@ async def test_closed_storage_refuses_work(storage: Storage) -> None:
         await storage.put_if_match(KEY, b"y", "")
 
 
+_RACER = """
+import asyncio, sys
+from fastelect.errors import PreconditionFailed
+from fastelect.storage import FileStorage, S3Storage
+
+async def main(me, kind, *where):
+    if kind == "file":
+        storage = FileStorage(where[0], lock_timeout=10)
+    else:
+        endpoint, bucket, prefix = where
+        storage = S3Storage(bucket, prefix, endpoint_url=endpoint, region_name="us-east-1",
+                            timeout=10)
+    await storage.check()  # connect (and warm the client) before the first round
+    print("ready", flush=True)
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        round_, etag = line.split()
+        etag = "" if etag == "-" else etag
+        try:
+            new = await storage.put_if_match("race", f"{me}/{round_}".encode(), etag)
+        except PreconditionFailed:
+            print("lose", flush=True)
+        except Exception as exc:
+            print("error", type(exc).__name__, str(exc).replace("\\n", " "), flush=True)
+        else:
+            print("win", new, flush=True)
+    await storage.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+RACERS, ROUNDS = 4, 25
+
+
+# The racers are processes: which loop the test itself runs on does not matter.
+@pytest.mark.one_loop
+@pytest.mark.asyncio
+async def test_processes_racing_on_one_key_have_one_winner_per_round(storage: Storage) -> None:
+    """N racers, many rounds on one etag each: one winner, distinct etags, last write stays.
+
+    Racers are processes for every backend that crosses processes (memory
+    cannot: its racers are tasks). Each round every racer gets the same
+    etag (the last winner's; none for the first round, a create) at once.
+    Racers allow 10 s per request: SeaweedFS answers some losers' 412 only
+    after 1-3 s (they wait on its per-object lock).
+    """
+    if isinstance(storage, MemoryStorage):
+
+        async def race(round_: int, etag: str) -> list[str]:
+            async def one(me: int) -> str:
+                try:
+                    return "win " + await storage.put_if_match(
+                        "race", f"{me}/{round_}".encode(), etag
+                    )
+                except PreconditionFailed:
+                    return "lose"
+
+            # gather() starts tasks in order, so the first would always win.
+            order = random.sample(range(RACERS), RACERS)
+            results = dict(
+                zip(order, await asyncio.gather(*(one(me) for me in order)), strict=True)
+            )
+            return [results[me] for me in range(RACERS)]
+
+        await _run_rounds(storage, race)
+        return
+
+    if isinstance(storage, FileStorage):
+        where = ["file", storage.directory]
+    else:
+        assert isinstance(storage, S3Storage)
+        where = ["s3", storage._endpoint_url or "", storage.bucket, storage.prefix]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _RACER, str(me), *where],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_child_env(),
+            text=True,
+        )
+        for me in range(RACERS)
+    ]
+
+    def line(racer: subprocess.Popen[str]) -> str:
+        assert racer.stdout is not None
+        text = racer.stdout.readline().strip()
+        assert text, f"racer pid {racer.pid} exited (code {racer.poll()})"
+        return text
+
+    async def race(round_: int, etag: str) -> list[str]:
+        for racer in racers:
+            assert racer.stdin is not None
+            racer.stdin.write(f"{round_} {etag or '-'}\n")
+            racer.stdin.flush()
+        return [await asyncio.to_thread(line, racer) for racer in racers]
+
+    try:
+        for racer in racers:
+            assert await asyncio.to_thread(line, racer) == "ready"
+        await _run_rounds(storage, race)
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+            racer.wait(timeout=30)
+            for pipe in (racer.stdin, racer.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+
+async def _run_rounds(storage: Storage, race: Any) -> None:
+    etag, winners = "", []
+    for round_ in range(ROUNDS):
+        outcomes = await race(round_, etag)
+        errors = [o for o in outcomes if not o.startswith(("win ", "lose"))]
+        assert not errors, f"round {round_}: {errors}"
+        won = [(me, o.split(" ", 1)[1]) for me, o in enumerate(outcomes) if o.startswith("win ")]
+        assert len(won) == 1, f"round {round_} (etag {etag!r}): winners {won}"
+        winners.append(won[0])
+        etag = won[0][1]
+    etags = [e for _, e in winners]
+    assert len(set(etags)) == len(etags), f"an etag repeated: {etags}"
+    last_me = winners[-1][0]
+    assert await storage.get("race") == (f"{last_me}/{ROUNDS - 1}".encode(), etag)
+    # Not always the same racer: the race is real (with 4 racers over 25
+    # rounds one racer winning every round would be a broken harness).
+    assert len({me for me, _ in winners}) > 1, winners
+
+
 # -- FileStorage -----------------------------------------------------------------
 
 # Sources for child processes; they import the same fastelect as this process.
@@ -272,6 +404,61 @@ async def test_file_two_processes_lose_no_update(tmp_path: Path) -> None:
     assert int(body) == 2 * n
     # The workers really raced: each conflict is a lost update CAS prevented.
     assert sum(int(out) for out in outputs) > 0
+
+
+_STALLED_WRITER = """
+import asyncio, os, sys
+from fastelect.storage import FileStorage
+
+real_fsync = os.fsync
+
+def stalled_fsync(fd):
+    # Fault injection at the disk boundary: the temp file is written and this
+    # writer holds the key's lock; stall here until killed.
+    print("in fsync", flush=True)
+    sys.stdin.readline()
+    real_fsync(fd)
+
+os.fsync = stalled_fsync
+storage = FileStorage(sys.argv[1])
+asyncio.run(storage.put_if_match("counter", b"from the killed writer", sys.argv[2]))
+"""
+
+
+@pytest.mark.asyncio
+async def test_file_temp_file_of_a_writer_killed_mid_write_is_removed(tmp_path: Path) -> None:
+    storage = FileStorage(tmp_path)
+    etag = await storage.put_if_match("counter", b"before", "")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_WRITER, str(tmp_path), etag],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=_child_env(),
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert writer.stdout.readline().strip() == "in fsync"
+        writer.kill()
+        writer.wait(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
+        for pipe in (writer.stdin, writer.stdout):
+            if pipe is not None:
+                pipe.close()
+    orphans = [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert orphans == [f".counter.{writer.pid}.{orphans[0].split('.')[-2]}.tmp"], orphans
+    # The killed write never landed, and its lock died with it.
+    assert await storage.get("counter") == (b"before", etag)
+
+    # A key sharing the prefix keeps its own temp files.
+    other = tmp_path / f".counter.1.{writer.pid}.0123456789abcdef.tmp"
+    other.write_bytes(b"another key's in-flight write")
+    new = await FileStorage(tmp_path).put_if_match("counter", b"after", etag)
+    assert await storage.get("counter") == (b"after", new)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == [other.name]
 
 
 @pytest.mark.parametrize(
@@ -474,11 +661,10 @@ def test_s3_rejects_bad_config() -> None:
         S3Storage("b", aws_access_key_id="AKIA")
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
-async def test_s3_prefixes_isolate_storages(moto_server: str, s3_bucket: str) -> None:
-    one = make_s3_storage(moto_server, s3_bucket)
-    two = make_s3_storage(moto_server, s3_bucket)
+async def test_s3_prefixes_isolate_storages(s3_server: tuple[str, str]) -> None:
+    one = make_s3_storage(*s3_server)
+    two = make_s3_storage(*s3_server)
     try:
         await one.put_if_match(KEY, b"one", "")
         await two.put_if_match(KEY, b"two", "")
@@ -489,41 +675,67 @@ async def test_s3_prefixes_isolate_storages(moto_server: str, s3_bucket: str) ->
         await two.close()
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
-async def test_s3_put_sends_json_content_type(moto_server: str, s3_storage: S3Storage) -> None:
-    await s3_storage.put_if_match(KEY, b"{}", "")
-    client = boto3_client("s3", moto_server)
+async def test_s3_put_sends_json_content_type(s3_server: tuple[str, str]) -> None:
+    storage = make_s3_storage(*s3_server)
+    client = boto3_client("s3", s3_server[0])
     try:
-        head = client.head_object(Bucket=s3_storage.bucket, Key=f"{s3_storage.prefix}/{KEY}")
+        await storage.put_if_match(KEY, b"{}", "")
+        head = client.head_object(Bucket=storage.bucket, Key=f"{storage.prefix}/{KEY}")
     finally:
         client.close()
+        await storage.close()
     assert head["ContentType"] == "application/json"
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
-async def test_s3_missing_bucket_is_bucket_not_found(moto_server: str) -> None:
-    storage = make_s3_storage(moto_server, "no-such-bucket")
+async def test_s3_missing_bucket_is_bucket_not_found(s3_server: tuple[str, str]) -> None:
+    endpoint, _ = s3_server
+    storage = make_s3_storage(endpoint, "no-such-bucket")
     try:
         for attempt in (storage.check(), storage.get(KEY), storage.put_if_match(KEY, b"x", "")):
             with pytest.raises(BucketNotFound) as info:
                 await attempt
             assert "'no-such-bucket'" in str(info.value)
-            assert moto_server in str(info.value)
+            assert endpoint in str(info.value)
     finally:
         await storage.close()
 
 
-@pytest.mark.s3
+@pytest.mark.asyncio
+async def test_s3_check_finds_a_missing_bucket_where_put_would_create_it(
+    seaweedfs_autocreate_server: str,
+) -> None:
+    """SeaweedFS by default creates a missing bucket on PUT (admin identities).
+
+    A typo in the bucket name would then silently start a fresh election in
+    a new bucket. ``check()`` (which Elector.start runs first) still reports
+    BucketNotFound: HeadBucket does not create.
+    """
+    bucket = f"typo-{uuid.uuid4().hex[:12]}"
+    storage = make_s3_storage(seaweedfs_autocreate_server, bucket)
+    try:
+        with pytest.raises(BucketNotFound, match=f"'{bucket}'"):
+            await storage.check()
+        elector = Elector(ElectorConfig("leader.json", "x", "127.0.0.1:1"), storage)
+        with pytest.raises(BucketNotFound):
+            await elector.start()
+        assert not elector.running
+        # What the check protects against: a bare PUT creates the bucket.
+        await storage.put_if_match(KEY, b"x", "")
+        await storage.check()
+    finally:
+        await storage.close()
+
+
 @pytest.mark.asyncio
 async def test_s3_auth_enforcing_server_accepts_good_credentials(
-    moto_auth_server: MotoAuth,
+    s3_auth: S3Auth,
 ) -> None:
-    key_id, secret = moto_auth_server.allowed
+    key_id, secret = s3_auth.allowed
     storage = make_s3_storage(
-        moto_auth_server.url,
-        moto_auth_server.bucket,
+        s3_auth.url,
+        s3_auth.bucket,
         aws_access_key_id=key_id,
         aws_secret_access_key=secret,
     )
@@ -535,18 +747,17 @@ async def test_s3_auth_enforcing_server_accepts_good_credentials(
         await storage.close()
 
 
-@pytest.mark.s3
 @pytest.mark.parametrize("who", ["unknown key", "wrong secret", "no permissions"])
 @pytest.mark.asyncio
-async def test_s3_refused_credentials_are_auth_errors(moto_auth_server: MotoAuth, who: str) -> None:
+async def test_s3_refused_credentials_are_auth_errors(s3_auth: S3Auth, who: str) -> None:
     key_id, secret, code = {
         "unknown key": ("AKIAIOSFODNN7EXAMPLE", "not-a-secret", "InvalidAccessKeyId"),
-        "wrong secret": (moto_auth_server.allowed[0], "not-the-secret", "SignatureDoesNotMatch"),
-        "no permissions": (*moto_auth_server.denied, "AccessDenied"),
+        "wrong secret": (s3_auth.allowed[0], "not-the-secret", "SignatureDoesNotMatch"),
+        "no permissions": (*s3_auth.denied, "AccessDenied"),
     }[who]
     storage = make_s3_storage(
-        moto_auth_server.url,
-        moto_auth_server.bucket,
+        s3_auth.url,
+        s3_auth.bucket,
         aws_access_key_id=key_id,
         aws_secret_access_key=secret,
     )
@@ -624,10 +835,9 @@ async def test_s3_error_answers_map_and_are_not_retried(
     assert stub.requests[0].startswith("PUT /bucket/")
 
 
-@pytest.mark.s3
 @pytest.mark.asyncio
-async def test_s3_client_is_reused_and_closed_cleanly(moto_server: str, s3_bucket: str) -> None:
-    storage = make_s3_storage(moto_server, s3_bucket)
+async def test_s3_client_is_reused_and_closed_cleanly(s3_server: tuple[str, str]) -> None:
+    storage = make_s3_storage(*s3_server)
     etag = await storage.put_if_match(KEY, b"x", "")
     client = await storage._get_client()
     await storage.get(KEY)

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from .. import table_gc
 from ..errors import ObjectNotFound, RecordError
 from ..record import format_time, parse_record
 from . import _util
@@ -37,7 +38,7 @@ def add_parser(subparsers: Any) -> None:
         "update, and whether the lease looks live. Exit status: 0 if a live leader exists, "
         "3 if none, 1 on errors.",
     )
-    p.add_argument("--store", required=True, metavar="URL", help="file:///dir or s3://bucket/…")
+    p.add_argument("--store", metavar="URL", help="file:///dir or s3://bucket/… (required)")
     p.add_argument(
         "--lock", type=_util.lock_key, default="leader.json", metavar="KEY", help="lock object key"
     )
@@ -49,13 +50,30 @@ def add_parser(subparsers: Any) -> None:
         metavar="S",
         help="lease assumed for records that carry none (s3lect's), default 15",
     )
+    p.add_argument(
+        "--tables",
+        action="store_true",
+        help="instead: list this host's leadership tables in /dev/shm and whether each is"
+        " stale (owner dead or closed)",
+    )
+    p.add_argument(
+        "--remove-stale",
+        action="store_true",
+        help="with --tables: remove this user's stale tables (never a live one)",
+    )
     _util.add_logging_args(p)
-    p.set_defaults(handler=command)
+    p.set_defaults(handler=command, status_parser=p)
 
 
 def command(args: argparse.Namespace) -> int:
     """Print the status; 0 for a live leader, 3 for none."""
     _util.configure_logging(args)
+    if args.tables:
+        return _tables(args)
+    if args.store is None:
+        args.status_parser.error("the following arguments are required: --store (or --tables)")
+    if args.remove_stale:
+        args.status_parser.error("--remove-stale goes with --tables")
     spec = parse_store_url(args.store)
     if spec.kind == "file" and not os.path.isdir(spec.path):
         # Reading would create it; a missing directory is the file store's
@@ -108,6 +126,40 @@ async def read_status(spec: StoreSpec, lock: str, default_lease: float) -> dict[
         "released": record.released,
         "etag": etag,
     }
+
+
+def _tables(args: argparse.Namespace) -> int:
+    """List (and with --remove-stale, sweep) the leadership tables in /dev/shm."""
+    removed = {info.path for info in table_gc.remove_stale_tables()} if args.remove_stale else set()
+    tables = table_gc.list_tables()
+    listed = [
+        {
+            "name": info.name,
+            "path": info.path,
+            "state": info.state,
+            "stale": info.stale,
+            "owner_pid": info.owner_pid,
+            "version": info.version,
+            "created": format_time(info.created_wall_ns) if info.created_wall_ns else None,
+            "uid": info.uid,
+        }
+        for info in tables
+    ]
+    if args.json:
+        document = {"tables": listed, "removed": sorted(removed)}
+        sys.stdout.buffer.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        for path in sorted(removed):
+            sys.stdout.write(f"removed {path}\n")
+        if not listed:
+            sys.stdout.write(f"no leadership tables in {table_gc.SHM_DIR}\n")
+        for row in listed:
+            sys.stdout.write(
+                f"{row['name']}: {row['state']}, owner pid {row['owner_pid'] or '-'},"
+                f" created {row['created'] or '-'}\n"
+            )
+    sys.stdout.flush()
+    return _util.EXIT_OK
 
 
 def _render(info: dict[str, Any]) -> str:

@@ -7,9 +7,11 @@ not give the atomic rename and ``flock`` semantics it relies on.
 Each key is one file in the directory. Its name is the key percent-encoded
 (``cluster/leader`` is stored as ``cluster%2Fleader``), so every key maps to
 a file directly inside the directory and none can reach outside it.
-Hidden files beside it (``.<name>.lock``, ``.<name>.<random>.tmp``) are
-the key's lock file and in-flight writes; encoded names never start with a
-dot, so these cannot collide with keys.
+Hidden files beside it (``.<name>.lock``, ``.<name>.<pid>.<random>.tmp``)
+are the key's lock file and in-flight writes; encoded names never start with
+a dot, so these cannot collide with keys. A writer killed mid-write leaves its
+temp file behind; the next write of that key removes it (see
+:meth:`FileStorage._sweep_temp_files`).
 
 File format (version 1)::
 
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import re
 import secrets
@@ -42,12 +45,20 @@ from .verify import VerifyReport, verify_storage
 
 __all__ = ["FileStorage"]
 
+logger = logging.getLogger(__name__)
+
 # Bump the version in the magic when the on-disk format changes.
 _MAGIC = b"fastelect-file/1 "
 _TOKEN = re.compile(rb"[0-9a-f]{32}")
+# What follows ".<name>." in a temp file's name, before ".tmp". Exactly one
+# dot: names may contain dots ("a.1"), and ".a.1.<pid>.<hex>.tmp" belongs to
+# key "a.1", not to key "a".
+_TEMP_TAIL = re.compile(r"[0-9]+\.[0-9a-f]{16}")
 _HEADER_LEN = len(_MAGIC) + 32 + 1
-# Leaves room under NAME_MAX (255) for the ".<name>.<16 hex>.tmp" temp names.
+# Leaves room under NAME_MAX (255) for the ".<name>.<pid>.<16 hex>.tmp" temp names.
 _MAX_NAME_BYTES = 200
+# Orphaned temp files of a key are looked for at most this often (seconds).
+_SWEEP_INTERVAL_S = 10.0
 # errnos that mean "refused", not "broken": reported as StorageAuthError.
 _DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 # errnos that may clear on their own: reported as StorageUnavailable.
@@ -112,6 +123,8 @@ class FileStorage:
         self._lock_timeout = lock_timeout
         self._ready = False
         self._closed = False
+        # When each key's orphaned temp files were last swept (monotonic s).
+        self._swept: dict[str, float] = {}
         #: Requests issued so far.
         self.stats = StorageStats()
 
@@ -176,6 +189,7 @@ class FileStorage:
                 raise PreconditionFailed(f"file://{path} no longer exists")
             elif current != etag:
                 raise PreconditionFailed(f"file://{path} changed since etag {etag}")
+            self._sweep_temp_files(name)
             token = secrets.token_hex(16)
             self._replace(path, name, _MAGIC + token.encode() + b"\n" + body)
             return f'"{token}"'
@@ -185,7 +199,7 @@ class FileStorage:
 
     def _check_sync(self) -> None:
         self._ensure_directory(once=False)
-        probe = os.path.join(self._dir, f".probe.{secrets.token_hex(8)}.tmp")
+        probe = os.path.join(self._dir, f".probe.{os.getpid()}.{secrets.token_hex(8)}.tmp")
         try:
             fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             os.close(fd)
@@ -239,7 +253,7 @@ class FileStorage:
         return data[: MAX_OBJECT_SIZE + 1], etag
 
     def _replace(self, path: str, name: str, data: bytes) -> None:
-        tmp = os.path.join(self._dir, f".{name}.{secrets.token_hex(8)}.tmp")
+        tmp = os.path.join(self._dir, f".{name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
@@ -265,6 +279,50 @@ class FileStorage:
                 os.close(dir_fd)
         except OSError as exc:
             raise self._os_error(exc, "syncing the storage directory", self._dir) from exc
+
+    def _sweep_temp_files(self, name: str) -> None:
+        """Remove temp files of ``name`` left by writers that died mid-write.
+
+        Called with the key's lock held. A temp file exists only while its
+        writer holds that lock, and the kernel releases a flock only when
+        the writer closes it (after renaming or removing its temp file) or
+        dies, so every temp file of this key seen now is an orphan. The pid
+        in the name tells operators whose it was. Swept at most every
+        _SWEEP_INTERVAL_S per key and instance: a directory listing per
+        renewal would be wasted work, and an orphan costs only disk space.
+        """
+        now = time.monotonic()
+        last = self._swept.get(name)
+        if last is not None and now - last < _SWEEP_INTERVAL_S:
+            return
+        self._swept[name] = now
+        prefix, suffix = f".{name}.", ".tmp"
+        try:
+            entries = os.listdir(self._dir)
+        except OSError:
+            return  # the write itself will report a broken directory
+        for entry in entries:
+            if not (entry.startswith(prefix) and entry.endswith(suffix)):
+                continue
+            if not _TEMP_TAIL.fullmatch(entry[len(prefix) : -len(suffix)]):
+                continue
+            try:
+                os.unlink(os.path.join(self._dir, entry))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.warning(
+                    "cannot remove orphaned temp file %s: %s",
+                    os.path.join(self._dir, entry),
+                    exc,
+                    extra={"path": os.path.join(self._dir, entry)},
+                )
+                continue
+            logger.info(
+                "removed temp file %s of a writer that died mid-write",
+                os.path.join(self._dir, entry),
+                extra={"path": os.path.join(self._dir, entry)},
+            )
 
     def _lock(self, fd: int, lock_path: str) -> None:
         # Poll with LOCK_NB rather than block: a worker thread stuck in flock

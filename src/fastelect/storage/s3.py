@@ -8,6 +8,18 @@ its lease budget.
 S3 etags are the content's MD5 (for single-part uploads without SSE-KMS), so
 identical bytes give identical etags; fastelect's records always differ, see
 :mod:`fastelect.storage.base`.
+
+Tested against moto and SeaweedFS (4.48). SeaweedFS answers like S3 (412
+for a failed ``If-None-Match``/``If-Match``, also on a missing key; 404
+NoSuchBucket / NoSuchKey; 403 InvalidAccessKeyId / SignatureDoesNotMatch /
+AccessDenied), with two differences worth knowing: when conditional writes
+to one key collide, some losers get their 412 only after 1-3 s (they queue
+on a per-object lock and retry once a second), so a ``timeout`` of a few
+seconds turns those into
+StorageUnavailable (an unknown outcome, which the elector reads back); and
+by default it creates a missing bucket on PUT for admin identities, so a
+mistyped bucket only fails in :meth:`S3Storage.check`, which Elector.start
+runs first (HeadBucket never creates).
 """
 
 from __future__ import annotations

@@ -1,0 +1,258 @@
+"""Find and remove leadership tables that crashed processes left in /dev/shm.
+
+A process that closes its table unlinks it, but one that is SIGKILLed (or
+OOM-killed) leaves ``/dev/shm/fastelect.NAME`` behind for good, and default
+table names carry the owner's pid, so nothing ever reuses the name. This
+module sweeps them: it reads each segment's 128-byte header raw (any layout
+version; see ``docs/table-layout.md``) and removes a segment only when
+
+* it belongs to this process's user (never another user's), and
+* its owner is dead (no such pid, or a zombie) or it is marked closed, or it
+  is not a table at all (wrong magic or too short) and older than
+  :data:`JUNK_AGE_S` (a creator writes the magic last, so a young segment
+  without it may still be being set up).
+
+A live owner's table is never removed. If a dead owner's pid has been reused
+by an unrelated live process the segment looks live and stays: the safe
+direction.
+
+Only Linux exposes POSIX shared memory as files; elsewhere every function
+here finds nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import struct
+import time
+from dataclasses import dataclass
+
+__all__ = [
+    "JUNK_AGE_S",
+    "SHM_DIR",
+    "TableInfo",
+    "list_tables",
+    "remove_stale_tables",
+    "stale_tables",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Where Linux exposes POSIX shared memory.
+SHM_DIR = "/dev/shm"
+#: Segments that are not tables are left alone until this old (seconds, by mtime).
+JUNK_AGE_S = 10.0
+
+_PREFIX = "fastelect."
+# A segment being removed is first renamed to this prefix + "<pid>.<random>".
+_GRAVE_PREFIX = "fastelect-gc."
+_MAGIC = 0x31305443454C4546  # "FELECT01"
+# magic u64, version u32, header_size u32, slot_count u32, slot_size u32,
+# owner_pid i64, created_wall_ns i64, created_mono_ns i64, closed u32.
+_HEADER = struct.Struct("=QIIIIqqqI")
+
+
+@dataclass(frozen=True, slots=True)
+class TableInfo:
+    """One ``/dev/shm/fastelect.*`` segment as its header describes it."""
+
+    #: The table name (what ``LeadershipTable(name)`` / ``attach(name)`` take).
+    name: str
+    #: The segment's path.
+    path: str
+    #: Owner uid of the segment file.
+    uid: int
+    #: Size of the segment in bytes.
+    size: int
+    #: Layout version, or None when the header is not a table's.
+    version: int | None
+    #: The writing process's pid (0 when unknown).
+    owner_pid: int
+    #: Creation time, Unix ns (0 when unknown).
+    created_wall_ns: int
+    #: The owner closed it (leases zeroed) but did not unlink it.
+    closed: bool
+    #: "live", "dead owner", "closed", "not a table", "young" (no table header
+    #: yet, maybe being created) or "foreign user".
+    state: str
+
+    @property
+    def stale(self) -> bool:
+        """True when :func:`remove_stale_tables` would remove it (now)."""
+        return self.state in ("dead owner", "closed", "not a table")
+
+
+def list_tables(directory: str = SHM_DIR) -> list[TableInfo]:
+    """Every ``fastelect.*`` segment in ``directory``, sorted by name, with its state."""
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # no /dev/shm on this platform
+    now = time.time()
+    found = []
+    for entry in sorted(names):
+        if entry.startswith(_PREFIX):
+            info = _inspect(directory, entry, now)
+            if info is not None:
+                found.append(info)
+    return found
+
+
+def stale_tables(directory: str = SHM_DIR) -> list[TableInfo]:
+    """The segments :func:`remove_stale_tables` would remove: this user's, dead or closed."""
+    return [info for info in list_tables(directory) if info.stale]
+
+
+def remove_stale_tables(directory: str = SHM_DIR) -> list[TableInfo]:
+    """Remove this user's stale segments; return those removed.
+
+    Each one is re-checked right before removal, through a rename, so a table
+    created under the same name meanwhile by a live process is put back, not
+    lost. Leftovers of a sweep that died mid-way are removed too.
+    """
+    removed = []
+    for info in stale_tables(directory):
+        if _remove(directory, info):
+            removed.append(info)
+            logger.info(
+                "removed stale leadership table %s (%s, owner pid %d)",
+                info.path,
+                info.state,
+                info.owner_pid,
+                extra={"table": info.name, "owner_pid": info.owner_pid, "state": info.state},
+            )
+    _remove_dead_graves(directory)
+    return removed
+
+
+# -- internals --------------------------------------------------------------------
+
+
+def _inspect(directory: str, entry: str, now: float) -> TableInfo | None:
+    path = os.path.join(directory, entry)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None  # removed meanwhile
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.ELOOP):
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if st.st_uid != os.getuid():
+                    return _foreign(entry, path, st.st_uid, st.st_size)
+        return None  # not ours to judge
+    try:
+        st = os.fstat(fd)
+        data = os.pread(fd, _HEADER.size, 0) if st.st_size >= _HEADER.size else b""
+    except OSError:
+        return None  # unreadable: not ours to judge
+    finally:
+        os.close(fd)
+    return _judge(entry, path, st, data, now)
+
+
+def _judge(entry: str, path: str, st: os.stat_result, data: bytes, now: float) -> TableInfo:
+    name = entry[len(_PREFIX) :]
+    if st.st_uid != os.getuid():
+        return _foreign(entry, path, st.st_uid, st.st_size)
+    if len(data) < _HEADER.size or _HEADER.unpack(data)[0] != _MAGIC:
+        young = now - st.st_mtime < JUNK_AGE_S
+        return TableInfo(
+            name, path, st.st_uid, st.st_size, None, 0, 0, False,
+            "young" if young else "not a table",
+        )  # fmt: skip
+    _, version, _, _, _, owner_pid, created_wall_ns, _, closed = _HEADER.unpack(data)
+    if closed:
+        state = "closed"
+    elif _pid_alive(owner_pid):
+        state = "live"
+    else:
+        state = "dead owner"
+    return TableInfo(
+        name, path, st.st_uid, st.st_size, version, owner_pid, created_wall_ns, bool(closed), state
+    )
+
+
+def _foreign(entry: str, path: str, uid: int, size: int) -> TableInfo:
+    return TableInfo(entry[len(_PREFIX) :], path, uid, size, None, 0, 0, False, "foreign user")
+
+
+def _pid_alive(pid: int) -> bool:
+    """True unless ``pid`` surely runs no more (absent, or a zombie)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    # A zombie has exited and will never write again; only its parent's wait()
+    # is missing.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return not os.path.isdir("/proc/self")  # reaped meanwhile, or no procfs
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+
+
+def _remove(directory: str, info: TableInfo) -> bool:
+    """Remove ``info``'s segment if it is still the stale one that was inspected."""
+    grave = os.path.join(directory, f"{_GRAVE_PREFIX}{os.getpid()}.{secrets.token_hex(6)}")
+    try:
+        os.rename(info.path, grave)  # atomic: whatever holds the name now is moved aside
+    except FileNotFoundError:
+        return False  # someone else removed or replaced it first
+    except OSError as exc:
+        logger.warning("cannot remove stale leadership table %s: %s", info.path, exc)
+        return False
+    # Judge what was actually moved: the name may have been re-created by a
+    # live process between the scan and the rename.
+    try:
+        fd = os.open(grave, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            data = os.pread(fd, _HEADER.size, 0) if st.st_size >= _HEADER.size else b""
+        finally:
+            os.close(fd)
+        again: TableInfo | None = _judge(
+            os.path.basename(info.path), info.path, st, data, time.time()
+        )
+    except OSError:
+        again = None
+    if again is not None and not again.stale:
+        # Not stale after all: put it back (link() never replaces a name a
+        # third process created since).
+        try:
+            os.link(grave, info.path)
+        except OSError as exc:
+            logger.error(
+                "a live leadership table was displaced from %s and could not be put back: %s",
+                info.path,
+                exc,
+            )
+        os.unlink(grave)
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(grave)
+    return True
+
+
+def _remove_dead_graves(directory: str) -> None:
+    """Remove ``fastelect-gc.<pid>.*`` leftovers of sweeps whose process died mid-way."""
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(directory):
+            if not entry.startswith(_GRAVE_PREFIX):
+                continue
+            pid_text = entry[len(_GRAVE_PREFIX) :].split(".", 1)[0]
+            path = os.path.join(directory, entry)
+            with contextlib.suppress(OSError, ValueError):
+                if os.lstat(path).st_uid == os.getuid() and not _pid_alive(int(pid_text)):
+                    os.unlink(path)
