@@ -365,7 +365,12 @@ _STORES = {
 }
 
 
-@pytest.fixture(params=[pytest.param("moto", marks=pytest.mark.s3)])
+@pytest.fixture(
+    params=[
+        pytest.param("moto", marks=pytest.mark.s3),
+        pytest.param("seaweedfs", marks=pytest.mark.seaweedfs),
+    ]
+)
 def store(request: pytest.FixtureRequest) -> Store:
     """The store a chaos run uses, by name (fixtures are looked up only when used)."""
     endpoint_fixture, bucket_fixture, serialise = _STORES[request.param]

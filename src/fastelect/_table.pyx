@@ -161,6 +161,13 @@ cdef class LeadershipTable:
         else:
             shm = _shm_name(name)
             path = shm.encode()
+            # A SIGKILLed owner cannot remove its segment: sweep this user's
+            # tables of dead owners first (never a live one or another user's).
+            from .table_gc import remove_stale_tables
+            try:
+                remove_stale_tables()
+            except OSError:
+                pass  # best effort: a sweep that cannot list /dev/shm changes nothing
             for _ in range(3):
                 fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
                 if fd >= 0:
