@@ -1097,11 +1097,11 @@ async def test_three_managers_two_shards_and_cluster_failover(
 
 
 def test_the_documented_example_runs(tmp_path: Path) -> None:
-    """The README's cluster-and-shard example runs as printed and leaves nothing behind."""
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Cluster and shard elections", 1)[1]
+    """docs/manager.md's complete example runs as printed and leaves nothing behind."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "manager.md").read_text()
+    section = page.split("## A complete example", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S)
-    assert code is not None, "the README's cluster-and-shard section has no python example"
+    assert code is not None, "docs/manager.md's complete example has no python block"
     script = tmp_path / "manager_example.py"
     script.write_text(code.group(1))
     result = subprocess.run(

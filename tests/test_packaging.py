@@ -98,6 +98,8 @@ def test_sdist_and_wheel_contents(tmp_path: Path) -> None:
         "src/fastelect/_core.pyi",
         "src/fastelect/py.typed",
         "tests/conftest.py",
+        "docs/safety.md",
+        "docs/operations.md",
     ):
         assert needed in members, f"the sdist lacks {needed}"
     generated = sorted(m for m in members if m.endswith((".c", ".so", ".pyc")))

@@ -7,7 +7,7 @@ of nanoseconds from a lease deadline it checks at call time.
 
 Guarantees, their assumptions (storage with atomic conditional writes, clocks
 whose *rates* agree within the safety margin) and the safety rules are
-spelled out in :mod:`fastelect.elector` and the README.
+spelled out in :mod:`fastelect.elector` and docs/safety.md.
 
 Importing the package is cheap: every public name is loaded from its module
 on first use (PEP 562), so a process that only calls

@@ -1,5 +1,5 @@
 # Declarations of the election state machine (_rules.pyx): the safety rules of
-# docs/safety.md as code, driven by instants and outcomes the driver passes in.
+# docs/safety.md#the-rules as code, driven by instants and outcomes the driver passes in.
 
 cdef class Campaign:
     cdef Slot slot

@@ -126,7 +126,8 @@ cdef extern from *:
         return -1;
     }
 
-    /* The fork guard (safety rule 7).  Every mapped table is registered here.
+    /* The fork guard (docs/safety.md#rule-7-nothing-inherited-through-fork-leads).
+       Every mapped table is registered here.
        In a forked child, each table this process wrote -- or that it mapped
        while it was the table's owner -- is replaced in place by a private
        zero-filled page range at the same address: every object that points

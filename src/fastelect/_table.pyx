@@ -141,7 +141,8 @@ cdef class LeadershipTable:
     same user can :func:`attach` it.  A segment of that name left behind by a
     dead process is replaced; one held by a live process raises
     :class:`FastelectError`.  In a child forked from this process, every slot
-    of the table reads as not leading (safety rule 7).
+    of the table reads as not leading (safety rule 7,
+    docs/safety.md#rule-7-nothing-inherited-through-fork-leads).
     """
 
     def __init__(self, name=None, int slots=8):
@@ -453,7 +454,8 @@ cdef class TableReader:
 
     A reader of another process's table keeps answering for that process in
     a child forked from this one; a reader of this process's own table reads
-    as not leading there (safety rule 7).
+    as not leading there (safety rule 7,
+    docs/safety.md#rule-7-nothing-inherited-through-fork-leads).
     """
 
     cdef _Mapping _open_map(self):

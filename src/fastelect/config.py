@@ -93,8 +93,9 @@ class ElectorConfig:
     #: Default None = leader_timeout / 10.
     safety_margin: Duration | None = None
     #: If set, a record whose lastUpdated is older than lease + this by the wall
-    #: clock may be taken at once (rule 1c). Default None: wall clocks are never
-    #: trusted.
+    #: clock may be taken at once (rule 1c,
+    #: docs/safety.md#rule-1-take-over-only-by-compare-and-swap-and-only-when-stale).
+    #: Default None: wall clocks are never trusted.
     max_clock_skew: Duration | None = None
     #: Bound on each hook call. Default None = leader_timeout.
     hook_timeout: Duration | None = None

@@ -546,7 +546,7 @@ class Manager:
         self._health_starting = False
         self._stopped = False
         self._stop_done = asyncio.Event()
-        # Rule 7: in a child forked from this process the manager is inert.
+        # docs/safety.md#rule-7-nothing-inherited-through-fork-leads: inert in a forked child.
         self._pid = os.getpid()
 
     # -- leadership: the hot path ---------------------------------------------------

@@ -1,6 +1,7 @@
 """Leader-only child processes: start them so they die with us, stop them in time.
 
-Three layers keep a child from outliving its leadership (safety rule 6):
+Three layers keep a child from outliving its leadership (safety rule 6,
+docs/safety.md#rule-6-leader-only-work-stops-at-the-lease):
 
 1. The supervisor (``fastelect run``) stops the child on every ending it sees:
    lost leadership, a stop signal, the child's own exit (its process group is

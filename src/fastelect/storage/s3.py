@@ -153,7 +153,8 @@ class S3Storage:
     Below botocore, aiohttp resends a PUT once if the connection drops before
     any response (it deems PUT idempotent). A conditional PUT stays safe: if
     the first copy landed, the resend fails with PreconditionFailed, which
-    callers must already treat as "outcome unknown, read back" (design rule 4).
+    callers must already treat as "outcome unknown, read back"
+    (docs/safety.md#rule-4-an-unknown-outcome-is-not-a-success).
     """
 
     def __init__(
