@@ -37,7 +37,26 @@ from ..errors import RecordError
 from ..record import encode_record, parse_record
 from .checker import Checker, Violation
 
-__all__ = ["Params", "Result", "SimFailure", "World", "draw_params", "run_schedule"]
+__all__ = ["COVERAGE", "Params", "Result", "SimFailure", "World", "draw_params", "run_schedule"]
+
+#: Situations the default run must reach (``Result.stats`` keys), so a change
+#: that quietly stops injecting a fault fails the tests instead of passing them.
+COVERAGE = (
+    "crash",  # a process killed (its in-flight requests may still land)
+    "pause",  # a SIGSTOP-like freeze, often longer than the lease
+    "partition",  # one node cut off from storage and peers
+    "stop",  # a graceful stop (a leader releases)
+    "config",  # update_config on a running elector
+    "late-write",  # a write applied after its client gave up
+    "lost-reply",  # a write applied whose answer never arrived
+    "orphan-write",  # a write of a crashed or given-up client applied
+    "adopt",  # rule 4: a leader recognised its own write after 412/timeout
+    "lease-lapsed",  # a leader's lease ran out (EV_LOST without a lost CAS)
+    "work-refused",  # the guard refused a leader-work step after the lease
+    "duplicate-id",  # EV_DUPLICATE_ID raised
+    "peer-lie",  # a peer answered 200 for a leader that may not lead
+    "takeover",  # a leadership changed hands to another node
+)
 
 MS = 1_000_000
 SEC = 1_000_000_000
@@ -73,6 +92,8 @@ _FATE_NAMES = ("ok", "500", "503", "403", "409", "lost-request", "lost-reply", "
 # Node-level faults.
 NF_CRASH, NF_PAUSE, NF_PARTITION, NF_STOP, NF_CONFIG = range(5)
 NF_RESTART, NF_RESUME, NF_HEAL_ONE, NF_START, NF_HEAL_ALL, NF_END = range(5, 11)
+#: Failover scenarios: crash / gracefully stop whichever node leads at that instant.
+NF_CRASH_LEADER, NF_STOP_LEADER = range(11, 13)
 # Node process states.
 S_RUNNING, S_STOPPED, S_CRASHED = range(3)
 
@@ -250,6 +271,10 @@ class Result:
     duplicate_reports: int = 0
     #: (true time, node) of every EV_ACQUIRED, in order.
     acquired_at: list[tuple[int, int]] = field(default_factory=list)
+    #: (true time, node) of an NF_CRASH_LEADER / NF_STOP_LEADER that found a leader.
+    leader_fault: tuple[int, int] | None = None
+    #: How often each interesting situation arose (coverage: see ``COVERAGE``).
+    stats: dict[str, int] = field(default_factory=dict)
 
 
 class SimNode:
@@ -354,17 +379,28 @@ class SimNode:
         w = self.w
         ev = c.take_events()
         if ev:
-            w.note(t, self, f"events {ev:#x}")
+            if w.rec:
+                w.note(t, self, f"events {ev:#x}")
             if ev & EV_DUPLICATE_ID:
                 w.result.duplicate_reports += 1
+                w.count("duplicate-id")
             if ev & EV_LOST:
+                if not c.is_leader(self.local(t)) and self.lease_on and self.true_at(
+                    self.lease_deadline
+                ) <= t:
+                    w.count("lease-lapsed")
                 self.generation += 1  # ends guarded work (its alive() check)
                 self.expiry_token = 0  # _cancel_expiry
                 w.checker.lost(t, self.index)
             if ev & EV_ACQUIRED:
                 self.generation += 1
                 w.checker.acquired(t, self.index, c.term)
-                w.result.acquired_at.append((t, self.index))
+                acq = w.result.acquired_at
+                if acq and acq[-1][1] != self.index:
+                    w.count("takeover")
+                if self.op_kind == A_READ:
+                    w.count("adopt")
+                acq.append((t, self.index))
                 self._schedule_work(t, self.generation)
             if c.role == LEADER:
                 self._arm_expiry(t)
@@ -405,10 +441,15 @@ class SimNode:
 
     def on_work(self, t: int, generation: int) -> None:
         # alive(): same generation and the compiled lease check, before each step.
-        if generation != self.generation or not self.c.is_leader(self.local(t)):
-            self.w.note(t, self, "work: lease over, not resumed")
+        if generation != self.generation:
             return
-        self.w.note(t, self, "work step")
+        if not self.c.is_leader(self.local(t)):
+            if self.w.rec:
+                self.w.note(t, self, "work: lease over, not resumed")
+            self.w.count("work-refused")
+            return
+        if self.w.rec:
+            self.w.note(t, self, "work step")
         self.w.checker.work_step(t, self.index, self.c.term)
         self._schedule_work(t, generation)
 
@@ -474,7 +515,8 @@ class SimNode:
         body = encode_record(
             self.server_id, self.addr, wall, term, c.pending_lease_ms, renewal, c.nonce
         )
-        self.w.note(t, self, f"send {ACTION_NAMES[kind]} term={term} r={renewal} if={if_match}")
+        if self.w.rec:
+            self.w.note(t, self, f"send {ACTION_NAMES[kind]} term={term} r={renewal} if={if_match}")
         self._send(t, kind, self._op_timeout(now), (body, if_match, wall or 0))
 
     def _send(self, t: int, kind: int, timeout_local: int, data: Any) -> None:
@@ -494,10 +536,12 @@ class SimNode:
         w = self.w
         if kind == A_READ:
             if code == O_MISSING:
-                w.note(t, self, "read: missing")
+                if w.rec:
+                    w.note(t, self, "read: missing")
                 c.observe_missing(now)
             elif code == O_FAIL:
-                w.note(t, self, f"read failed: {outcome[1]}")
+                if w.rec:
+                    w.note(t, self, f"read failed: {outcome[1]}")
                 c.read_failed(now)
             else:
                 body, etag = outcome[1], outcome[2]
@@ -506,12 +550,13 @@ class SimNode:
                 except RecordError:
                     c.observe_garbage(now, etag)
                 else:
-                    w.note(
-                        t,
-                        self,
-                        f"read {etag}: {r.leader_id}/{r.nonce[:4]} term={r.term} "
-                        f"r={r.renewal} lease={r.lease_ms}{' released' if r.released else ''}",
-                    )
+                    if w.rec:
+                        w.note(
+                            t,
+                            self,
+                            f"read {etag}: {r.leader_id}/{r.nonce[:4]} term={r.term} "
+                            f"r={r.renewal} lease={r.lease_ms}{' released' if r.released else ''}",
+                        )
                     c.observe_record(
                         now,
                         EPOCH_NS + t,
@@ -527,20 +572,25 @@ class SimNode:
                     )
         elif kind == A_PEER:
             if code == O_OK:
-                w.note(t, self, f"peer: ok={outcome[1]} {outcome[2]} {outcome[3]}")
+                if w.rec:
+                    w.note(t, self, f"peer: ok={outcome[1]} {outcome[2]} {outcome[3]}")
                 c.observe_peer(now, outcome[1], outcome[2], outcome[3])
             else:
-                w.note(t, self, "peer: no answer")
+                if w.rec:
+                    w.note(t, self, "peer: no answer")
                 c.observe_peer(now, False)
         else:
             if code == O_OK:
-                w.note(t, self, f"write ok -> {outcome[1]}")
+                if w.rec:
+                    w.note(t, self, f"write ok -> {outcome[1]}")
                 c.write_succeeded(now, outcome[1], outcome[2])
             elif code == O_PRE:
-                w.note(t, self, "write 412")
+                if w.rec:
+                    w.note(t, self, "write 412")
                 c.write_conflicted(now)
             else:
-                w.note(t, self, f"write failed: {outcome[1]}")
+                if w.rec:
+                    w.note(t, self, f"write failed: {outcome[1]}")
                 c.write_failed(now)
         self.sync(t)
         if self.final_write:
@@ -554,7 +604,8 @@ class SimNode:
     def request_stop(self, t: int) -> None:
         if self.state != S_RUNNING or self.stopping:
             return
-        self.w.note(t, self, "stop requested")
+        if self.w.rec:
+            self.w.note(t, self, "stop requested")
         self.stopping = True
         self.kick(t)
 
@@ -575,7 +626,8 @@ class SimNode:
         self.c.stop(self.local(t))
         self.sync(t)
         self.state = S_STOPPED
-        self.w.note(t, self, "stopped")
+        if self.w.rec:
+            self.w.note(t, self, "stopped")
 
     def start(self, t: int) -> None:
         if self.state != S_STOPPED:
@@ -584,14 +636,16 @@ class SimNode:
         if c.role == STOPPED_ROLE:
             c.restart(self.local(t), self.w.nonce())  # rule 0: a new incarnation
         self.state = S_RUNNING
-        self.w.note(t, self, f"started, nonce {c.nonce[:4]}")
+        if self.w.rec:
+            self.w.note(t, self, f"started, nonce {c.nonce[:4]}")
         self.sync(t)
         self.run(t)
 
     def crash(self, t: int) -> None:
         if self.state == S_CRASHED:
             return
-        self.w.note(t, self, "CRASH")
+        if self.w.rec:
+            self.w.note(t, self, "CRASH")
         self.state = S_CRASHED
         self.paused = False
         self.deferred.clear()
@@ -606,7 +660,8 @@ class SimNode:
         self.slot.restart_slot()
         self.c = self._new_campaign(t)  # same id, new incarnation
         self.state = S_RUNNING
-        self.w.note(t, self, f"restarted, nonce {self.c.nonce[:4]}")
+        if self.w.rec:
+            self.w.note(t, self, f"restarted, nonce {self.c.nonce[:4]}")
         self.run(t)
 
     def update_config(self, t: int, timing: Timing) -> None:
@@ -617,7 +672,8 @@ class SimNode:
         self.c.configure(
             timing.lease, timing.frequent, timing.infrequent, timing.margin, -1, self.w.p.peer_mode
         )
-        self.w.note(t, self, f"config T={timing.lease // MS} m={timing.margin // MS}")
+        if self.w.rec:
+            self.w.note(t, self, f"config T={timing.lease // MS} m={timing.margin // MS}")
         if self.state == S_RUNNING:
             self.kick(t)
 
@@ -625,7 +681,7 @@ class SimNode:
 class World:
     """The event loop, the store and the fault injector of one schedule."""
 
-    def __init__(self, p: Params, *, trace: bool = False) -> None:
+    def __init__(self, p: Params, *, trace: bool = False, record: bool = False) -> None:
         self.p = p
         self.rng = random.Random(p.seed ^ 0x5EED)
         self.heap: list[tuple[int, int, int, int, int, Any]] = []
@@ -635,6 +691,8 @@ class World:
         self.checker = Checker(len(p.node_ids))
         self.result = Result(p.seed)
         self.print_trace = trace
+        #: Keep a trace?  The fast run does not; a failing seed is replayed with it on.
+        self.rec = trace or record
         self.trace: deque[tuple[int, int, int, str, int, int, int]] = deque(maxlen=40)
         self.now = 0
         # The store: one key, linearizable; a fresh etag per successful write.
@@ -649,6 +707,10 @@ class World:
     def token(self) -> int:
         self.seq += 1
         return self.seq
+
+    def count(self, what: str) -> None:
+        stats = self.result.stats
+        stats[what] = stats.get(what, 0) + 1
 
     def nonce(self) -> str:
         return f"{self.rng.getrandbits(64):016x}"
@@ -704,14 +766,15 @@ class World:
         t_reply = t_apply + self._latency()
         idx = node.index
         if kind == A_PEER:
+            if fate == F_LOST_REQ or t_reply >= node.op_to:
+                self.push(node.op_to, E_TIMEOUT, idx, token, None)
+                return
             if fate == F_LIE:
+                self.count("peer-lie")
                 # A peer that answers 200 naming the leader we expect, whatever is true.
                 self.push(t_reply, E_REPLY, idx, token, (O_OK, True, data[1], ""))
                 return
-            if fate == F_LOST_REQ:
-                self.push(node.op_to, E_TIMEOUT, idx, token, None)
-                return
-            self.push(t_apply, E_APPLY, idx, token, (kind, data, t_reply, fate))
+            self.push(t_apply, E_APPLY, idx, token, (kind, (data, node.op_to), t_reply, fate))
             return
         if fate in (F_500, F_503, F_403, F_409):
             if t_reply < node.op_to:
@@ -751,6 +814,13 @@ class World:
                 self.body = body
                 self.etag = f"e{self.etags}"
                 out = (O_OK, self.etag, wall)
+                sender = self.nodes[node_idx]
+                if fate == F_LATE:
+                    self.count("late-write")
+                elif fate == F_LOST_REPLY:
+                    self.count("lost-reply")
+                if sender.op_token != token or sender.state == S_CRASHED:
+                    self.count("orphan-write")
             if self.print_trace:
                 print(f"{t / 1e6:11.3f} store: {ACTION_NAMES[kind]} from n{node_idx} "
                       f"({_FATE_NAMES[fate]}) -> {out[0] == O_OK and out[1] or '412'}")
@@ -760,23 +830,19 @@ class World:
     def _peer_answer(self, t: int, node_idx: int, token: int, payload: Any, t_reply: int) -> None:
         # The health endpoint of the node at that address answers from its table:
         # 200 naming itself only while its lease is live (the same arithmetic).
-        addr, expected = payload
-        requester = self.nodes[node_idx]
+        (addr, expected), op_to = payload
         target = None
         for n in self.nodes:
             if n.addr == addr:
                 target = n
         if target is None or target.state == S_CRASHED or target.paused or target.partitioned:
-            self.push(max(t, requester.op_to), E_TIMEOUT, node_idx, token, None)
+            self.push(op_to, E_TIMEOUT, node_idx, token, None)  # no answer
             return
         tc = target.c
         leading = target.state == S_RUNNING and tc.is_leader(target.local(t))
         ok = leading and tc.server_id == expected
         out = (O_OK, ok, tc.server_id if leading else "", tc.etag if leading else "")
-        if t_reply < requester.op_to:
-            self.push(t_reply, E_REPLY, node_idx, token, out)
-        else:
-            self.push(requester.op_to, E_TIMEOUT, node_idx, token, None)
+        self.push(t_reply, E_REPLY, node_idx, token, out)
 
     # -- faults -----------------------------------------------------------------------
 
@@ -791,7 +857,20 @@ class World:
             for node in self.nodes:
                 node.request_stop(t)
             return
+        if kind == NF_CRASH_LEADER or kind == NF_STOP_LEADER:
+            live = self.checker.live(t)
+            if live:
+                self.result.leader_fault = (t, live[0])
+                if kind == NF_CRASH_LEADER:
+                    self.nodes[live[0]].crash(t)
+                    self.push(t + arg, E_FAULT, live[0], 0, (NF_RESTART, 0))
+                else:
+                    self.nodes[live[0]].request_stop(t)
+                    self.push(t + arg, E_FAULT, live[0], 0, (NF_START, 0))
+            return
         assert n is not None
+        if kind <= NF_CONFIG:
+            self.count(("crash", "pause", "partition", "stop", "config")[kind])
         if kind == NF_CRASH:
             n.crash(t)
             self.push(t + arg, E_FAULT, node_idx, 0, (NF_RESTART, 0))
@@ -799,13 +878,15 @@ class World:
             n.restart(t)
         elif kind == NF_PAUSE:
             if n.state != S_CRASHED and not n.paused:
-                self.note(t, n, f"PAUSE for {arg / 1e6:.0f} ms")
+                if self.rec:
+                    self.note(t, n, f"PAUSE for {arg / 1e6:.0f} ms")
                 n.paused = True
                 self.push(t + arg, E_FAULT, node_idx, 0, (NF_RESUME, 0))
         elif kind == NF_RESUME:
             self._resume(t, n)
         elif kind == NF_PARTITION:
-            self.note(t, n, "partitioned")
+            if self.rec:
+                self.note(t, n, "partitioned")
             n.partitioned = True
             self.push(t + arg, E_FAULT, node_idx, 0, (NF_HEAL_ONE, 0))
         elif kind == NF_HEAL_ONE:
@@ -828,7 +909,8 @@ class World:
         if not n.paused:
             return
         n.paused = False
-        self.note(t, n, f"resumed with {len(n.deferred)} due")
+        if self.rec:
+            self.note(t, n, f"resumed with {len(n.deferred)} due")
         due = n.deferred
         n.deferred = []
         # After SIGCONT everything that came due is ready at once; the loops
@@ -873,6 +955,8 @@ class World:
         limit = 2_000_000
         while heap:
             t, seq, kind, idx, token, data = pop(heap)
+            if t < self.now:
+                raise Violation("simulator", t, f"time ran backwards from {self.now}")
             self.now = t
             events += 1
             if events > limit:
@@ -931,13 +1015,28 @@ class World:
         return [self.format(e, self.nodes[e[1]]) for e in self.trace]
 
 
-def run_schedule(seed: int, *, trace: bool = False, params: Params | None = None) -> Result:
-    """Run the schedule of ``seed``; raises :class:`SimFailure` on a violation."""
-    p = params if params is not None else draw_params(seed)
-    w = World(p, trace=trace)
+def _run(p: Params, trace: bool, record: bool) -> tuple[Result | Violation, list[str]]:
+    w = World(p, trace=trace, record=record)
     try:
-        return w.run()
+        return w.run(), []
     except Violation as v:
-        raise SimFailure(p.seed, v, w.trace_lines()) from None
+        return v, w.trace_lines()
     finally:
         w.close()
+
+
+def run_schedule(seed: int, *, trace: bool = False, params: Params | None = None) -> Result:
+    """Run the schedule of ``seed``; raises :class:`SimFailure` on a violation.
+
+    The fast run keeps no trace; a violation is replayed from the seed with
+    the trace on, which also proves the failure reproduces.
+    """
+    p = params if params is not None else draw_params(seed)
+    outcome, lines = _run(p, trace, trace)
+    if isinstance(outcome, Result):
+        return outcome
+    if not trace:
+        again, lines = _run(p, False, True)
+        if not isinstance(again, Violation) or str(again) != str(outcome):
+            lines = [f"NOT REPRODUCED on replay (the simulator is nondeterministic): {again}"]
+    raise SimFailure(p.seed, outcome, lines)
