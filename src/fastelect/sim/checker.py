@@ -33,9 +33,9 @@ class Checker:
 
     __slots__ = (
         "acquisitions",
+        "leading",
         "lease_end",
         "lease_term",
-        "leading",
         "max_term",
         "max_work_term",
         "work_steps",
@@ -80,7 +80,7 @@ class Checker:
             self.lease_end[node] = 0
 
     def live(self, t: int) -> list[int]:
-        """Nodes whose lease is live at ``t``."""
+        """Nodes whose lease is live at ``t`` (the latest instant fed in, or later)."""
         return [i for i, end in enumerate(self.lease_end) if end > t]
 
     # -- hooks: "on_lose exactly once per leadership"; terms --------------------
@@ -149,6 +149,4 @@ class Checker:
         """All nodes were stopped: every leadership must have ended with EV_LOST."""
         for node, leading in enumerate(self.leading):
             if leading:
-                raise Violation(
-                    "hooks", t, f"n{node}'s leadership never got its EV_LOST (on_lose)"
-                )
+                raise Violation("hooks", t, f"n{node}'s leadership never got its EV_LOST (on_lose)")

@@ -38,9 +38,7 @@ class RunSummary:
         return self.schedules / self.seconds if self.seconds else 0.0
 
 
-def run_block(
-    start: int, count: int
-) -> tuple[int, int, int, int, dict[str, int], str, int | None]:
+def run_block(start: int, count: int) -> tuple[int, int, int, int, dict[str, int], str, int | None]:
     """Run seeds ``start .. start + count - 1``; stop at the first violation."""
     done = events = acq = work = 0
     stats: dict[str, int] = {}

@@ -206,9 +206,8 @@ def draw_params(seed: int) -> Params:
     faults: list[tuple[int, int, int, int]] = []
     for _ in range(rng.randint(0, 8)):
         at = rng.randint(0, faults_end)
-        kind = rng.choices(
-            (NF_CRASH, NF_PAUSE, NF_PARTITION, NF_STOP, NF_CONFIG), (3, 3, 2, 2, 3)
-        )[0]
+        kinds = (NF_CRASH, NF_PAUSE, NF_PARTITION, NF_STOP, NF_CONFIG)
+        kind = rng.choices(kinds, (3, 3, 2, 2, 3))[0]
         node = rng.randrange(n)
         if kind == NF_CONFIG:
             arg = rng.randrange(len(timings))
@@ -305,8 +304,8 @@ class SimNode:
         "state",
         "stopping",
         "timing",
-        "wake_token",
         "w",
+        "wake_token",
     )
 
     def __init__(self, w: World, index: int) -> None:
@@ -385,9 +384,11 @@ class SimNode:
                 w.result.duplicate_reports += 1
                 w.count("duplicate-id")
             if ev & EV_LOST:
-                if not c.is_leader(self.local(t)) and self.lease_on and self.true_at(
-                    self.lease_deadline
-                ) <= t:
+                if (
+                    not c.is_leader(self.local(t))
+                    and self.lease_on
+                    and self.true_at(self.lease_deadline) <= t
+                ):
                     w.count("lease-lapsed")
                 self.generation += 1  # ends guarded work (its alive() check)
                 self.expiry_token = 0  # _cancel_expiry
@@ -732,9 +733,7 @@ class World:
         rel = (local - n.offset) / 1e6
         dl = f"{(deadline - n.offset) / 1e6:.1f}" if role == LEADER else "-"
         role_name = _core.ROLE_NAMES[role]
-        return (
-            f"{t / 1e6:11.3f} n{i} {rel:11.3f}  {what} | {role_name} t{term} dl={dl}"
-        )
+        return f"{t / 1e6:11.3f} n{i} {rel:11.3f}  {what} | {role_name} t{term} dl={dl}"
 
     # -- the store and the network -----------------------------------------------------
 
@@ -778,10 +777,10 @@ class World:
             return
         if fate in (F_500, F_503, F_403, F_409):
             if t_reply < node.op_to:
-                out: tuple[Any, ...] = (O_PRE,) if fate == F_409 and kind != A_READ else (
-                    O_FAIL,
-                    _FATE_NAMES[fate],
-                )
+                # S3's 409 ConditionalRequestConflict reads as a lost CAS (S3Storage).
+                out: tuple[Any, ...] = (O_FAIL, _FATE_NAMES[fate])
+                if fate == F_409 and kind != A_READ:
+                    out = (O_PRE,)
                 self.push(t_reply, E_REPLY, idx, token, out)
             else:
                 self.push(node.op_to, E_TIMEOUT, idx, token, None)
@@ -822,8 +821,11 @@ class World:
                 if sender.op_token != token or sender.state == S_CRASHED:
                     self.count("orphan-write")
             if self.print_trace:
-                print(f"{t / 1e6:11.3f} store: {ACTION_NAMES[kind]} from n{node_idx} "
-                      f"({_FATE_NAMES[fate]}) -> {out[0] == O_OK and out[1] or '412'}")
+                landed = self.etag if out[0] == O_OK else "412"
+                print(
+                    f"{t / 1e6:11.3f} store: {ACTION_NAMES[kind]} from n{node_idx} "
+                    f"({_FATE_NAMES[fate]}) -> {landed}"
+                )
         if t_reply:
             self.push(t_reply, E_REPLY, node_idx, token, out)
 
@@ -857,7 +859,7 @@ class World:
             for node in self.nodes:
                 node.request_stop(t)
             return
-        if kind == NF_CRASH_LEADER or kind == NF_STOP_LEADER:
+        if kind in (NF_CRASH_LEADER, NF_STOP_LEADER):
             live = self.checker.live(t)
             if live:
                 self.result.leader_fault = (t, live[0])
@@ -985,7 +987,7 @@ class World:
             if kind == E_WAKE:
                 if token == n.wake_token and n.sleeping:
                     n.on_wake(t)
-            elif kind == E_REPLY or kind == E_TIMEOUT:
+            elif kind in (E_REPLY, E_TIMEOUT):
                 if token != n.op_token:
                     continue
                 if kind == E_REPLY and n.partitioned:
