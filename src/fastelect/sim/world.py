@@ -47,6 +47,7 @@ COVERAGE = (
     "partition",  # one node cut off from storage and peers
     "stop",  # a graceful stop (a leader releases)
     "config",  # update_config on a running elector
+    "config-mid-write",  # update_config while a write of that node was in flight
     "late-write",  # a write applied after its client gave up
     "lost-reply",  # a write applied whose answer never arrived
     "orphan-write",  # a write of a crashed or given-up client applied
@@ -94,6 +95,8 @@ NF_CRASH, NF_PAUSE, NF_PARTITION, NF_STOP, NF_CONFIG = range(5)
 NF_RESTART, NF_RESUME, NF_HEAL_ONE, NF_START, NF_HEAL_ALL, NF_END = range(5, 11)
 #: Failover scenarios: crash / gracefully stop whichever node leads at that instant.
 NF_CRASH_LEADER, NF_STOP_LEADER = range(11, 13)
+#: update_config while this node's next write is in flight (rule 2's case).
+NF_CONFIG_MIDWRITE = 13
 # Node process states.
 S_RUNNING, S_STOPPED, S_CRASHED = range(3)
 
@@ -206,10 +209,10 @@ def draw_params(seed: int) -> Params:
     faults: list[tuple[int, int, int, int]] = []
     for _ in range(rng.randint(0, 8)):
         at = rng.randint(0, faults_end)
-        kinds = (NF_CRASH, NF_PAUSE, NF_PARTITION, NF_STOP, NF_CONFIG)
-        kind = rng.choices(kinds, (3, 3, 2, 2, 3))[0]
+        kinds = (NF_CRASH, NF_PAUSE, NF_PARTITION, NF_STOP, NF_CONFIG, NF_CONFIG_MIDWRITE)
+        kind = rng.choices(kinds, (3, 3, 2, 2, 2, 2))[0]
         node = rng.randrange(n)
-        if kind == NF_CONFIG:
+        if kind in (NF_CONFIG, NF_CONFIG_MIDWRITE):
             arg = rng.randrange(len(timings))
         elif kind == NF_PAUSE:
             arg = rng.randint(t_max // 2, 5 * t_max // 2)  # longer than the lease, often
@@ -282,9 +285,11 @@ class SimNode:
     __slots__ = (
         "addr",
         "c",
+        "config_on_write",
         "deferred",
         "expiry_token",
         "final_write",
+        "freeze_after_write",
         "generation",
         "index",
         "kicked",
@@ -323,6 +328,9 @@ class SimNode:
         self.partitioned = False
         self.deferred: list[tuple[int, int, int, int, Any]] = []
         self.generation = 0
+        #: A timing index to apply while the next write is in flight (or -1).
+        self.config_on_write = -1
+        self.freeze_after_write = False
         self.c = self._new_campaign(0)
         self._reset_loop()
 
@@ -519,6 +527,17 @@ class SimNode:
         if self.w.rec:
             self.w.note(t, self, f"send {ACTION_NAMES[kind]} term={term} r={renewal} if={if_match}")
         self._send(t, kind, self._op_timeout(now), (body, if_match, wall or 0))
+        if self.config_on_write >= 0:
+            # The operator's update_config lands while this write is in flight.
+            w = self.w
+            at = min(self.op_to - 1, t + w.rng.randint(0, 2 * CALM_MAX))
+            w.push(at, E_FAULT, self.index, 0, (NF_CONFIG, self.config_on_write))
+            w.count("config-mid-write")
+            self.config_on_write = -1
+            if w.rng.random() < 0.5:
+                # ...and the node freezes once this write answered, before its next
+                # renewal could advertise the new lease: the window rule 2 is about.
+                self.freeze_after_write = True
 
     def _send(self, t: int, kind: int, timeout_local: int, data: Any) -> None:
         self.op_token = tok = self.w.token()
@@ -593,6 +612,11 @@ class SimNode:
                 if w.rec:
                     w.note(t, self, f"write failed: {outcome[1]}")
                 c.write_failed(now)
+            if self.freeze_after_write:
+                self.freeze_after_write = False
+                t_max = max(tm.lease for tm in w.p.timings)
+                at = t + w.rng.randint(0, self.timing.frequent // 2)
+                w.push(at, E_FAULT, self.index, 0, (NF_PAUSE, w.rng.randint(t_max, 2 * t_max)))
         self.sync(t)
         if self.final_write:
             self.final_write = False
@@ -850,7 +874,7 @@ class World:
 
     def _fault(self, t: int, kind: int, node_idx: int, arg: int) -> None:
         n = self.nodes[node_idx] if node_idx >= 0 else None
-        if t > self.p.faults_end and kind < NF_HEAL_ALL:
+        if t > self.p.faults_end and (kind < NF_HEAL_ALL or kind == NF_CONFIG_MIDWRITE):
             return  # the heal at faults_end already ended every fault
         if kind == NF_HEAL_ALL:
             self._heal_all(t)
@@ -873,6 +897,9 @@ class World:
         assert n is not None
         if kind <= NF_CONFIG:
             self.count(("crash", "pause", "partition", "stop", "config")[kind])
+        if kind == NF_CONFIG_MIDWRITE:
+            n.config_on_write = arg
+            return
         if kind == NF_CRASH:
             n.crash(t)
             self.push(t + arg, E_FAULT, node_idx, 0, (NF_RESTART, 0))
@@ -930,6 +957,8 @@ class World:
         for n in self.nodes:
             self._resume(t, n)
             n.partitioned = False
+            n.config_on_write = -1
+            n.freeze_after_write = False
             if n.state == S_CRASHED:
                 n.restart(t)
             elif n.state == S_STOPPED:
