@@ -519,6 +519,9 @@ class SimNode:
         c = self.c
         kind = c.next_action
         if_match, term, renewal, released = c.begin_write(now)
+        # Not a dispatch point in Elector._write, but begin_write may move the
+        # deadline (a core that shortens a lease there), so the checker looks.
+        self.sync(t)
         wall = None if released else EPOCH_NS + t
         # Rule 2: the body advertises the lease snapshotted when the write began.
         body = encode_record(
@@ -697,6 +700,7 @@ class SimNode:
         self.c.configure(
             timing.lease, timing.frequent, timing.infrequent, timing.margin, -1, self.w.p.peer_mode
         )
+        self.sync(t)
         if self.w.rec:
             self.w.note(t, self, f"config T={timing.lease // MS} m={timing.margin // MS}")
         if self.state == S_RUNNING:
