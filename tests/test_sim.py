@@ -13,6 +13,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +21,7 @@ from fastelect import _core
 from fastelect.sim import SimFailure, run_schedule, world
 from fastelect.sim.checker import Checker, Violation
 from fastelect.sim.failover import DEFAULT_TIMING, MODES, failover_params, measure
+from fastelect.sim.oracle import RuleOracle
 from fastelect.sim.runner import run_many
 
 SCHEDULES = int(os.environ.get("FASTELECT_SIM_SCHEDULES", "10000"))
@@ -169,3 +171,19 @@ def test_cli_replays_one_seed_and_runs_many() -> None:
     assert "ok: 40 schedules" in many.stdout and "seeds 1000 .. 1039" in many.stderr
     bad = _cli("--schedules", "0")
     assert bad.returncode == 2 and "--schedules must be positive" in bad.stderr
+
+
+def test_the_rule_oracle_sees_every_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: dict[str, int] = {}
+    for name in ("observed", "wrote", "begin_write", "leading", "configured"):
+        real = getattr(RuleOracle, name)
+
+        def counted(self: RuleOracle, *args: object, _real: Any = real, _name: str = name) -> None:
+            calls[_name] = calls.get(_name, 0) + 1
+            _real(self, *args)
+
+        monkeypatch.setattr(RuleOracle, name, counted)
+    for seed in range(30):
+        run_schedule(seed)
+    assert all(calls.get(n, 0) > 0 for n in ("observed", "wrote", "begin_write", "leading"))
+    assert calls.get("configured", 0) > 0, calls

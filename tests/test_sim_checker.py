@@ -1,4 +1,4 @@
-"""The simulator's invariant checker catches each kind of bad history.
+"""The simulator's invariant checker and rule oracle catch each kind of bad history.
 
 Hand-made histories, no simulator: each test breaks one invariant the way a
 buggy core or driver would and expects :class:`Violation` naming that rule,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from fastelect.sim.checker import Checker, Violation
+from fastelect.sim.oracle import CREATE, RENEW, TAKEOVER, RuleOracle
 
 MS = 1_000_000
 
@@ -113,3 +114,74 @@ def test_violation_message_names_rule_and_instant() -> None:
     v = Violation("one-leader", 1_500_000, "two leaders")
     assert str(v) == "[one-leader] at t=1.500 ms: two leaders"
     assert (v.rule, v.t_ns, v.detail) == ("one-leader", 1_500_000, "two leaders")
+
+
+# -- the rule oracle: each rule broken by a hand-made decision ------------------------
+
+T, M = 1000 * MS, 100 * MS
+
+
+def _oracle() -> RuleOracle:
+    return RuleOracle("n0", "s0", "nonce-a", T, M)
+
+
+def test_oracle_rule1_takeover_before_the_lease_ran_out() -> None:
+    o = _oracle()
+    o.observed(0, "e1", term=1, lease_ms=1000, released=False, nonce="nonce-b")
+    o.begin_write(0, T, TAKEOVER, "e1", term=2, renewal=1, lease_ms=1000, deadline=None)  # legal
+    o = _oracle()
+    o.observed(0, "e1", term=1, lease_ms=1500, released=False, nonce="nonce-b")
+    with pytest.raises(
+        Violation, match=r"\[rule-1\].*1000.000 ms after first seeing it; the lease"
+    ):
+        o.begin_write(0, T, TAKEOVER, "e1", term=2, renewal=1, lease_ms=1000, deadline=None)
+    with pytest.raises(Violation, match=r"\[rule-1\].*never observed"):
+        _oracle().begin_write(0, T, TAKEOVER, "e9", term=2, renewal=1, lease_ms=1000, deadline=None)
+
+
+def test_oracle_rule1_released_and_own_records_may_be_taken_at_once() -> None:
+    o = _oracle()
+    o.observed(0, "e1", term=1, lease_ms=1000, released=True, nonce="nonce-b")
+    o.observed(0, "e2", term=1, lease_ms=1000, released=False, nonce="nonce-a")
+    o.begin_write(0, 1, TAKEOVER, "e1", term=2, renewal=1, lease_ms=1000, deadline=None)
+    o.begin_write(0, 2, TAKEOVER, "e2", term=2, renewal=2, lease_ms=1000, deadline=None)
+
+
+def test_oracle_rule2_advertised_lease_and_deadline() -> None:
+    o = _oracle()
+    o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+    o.configured(3 * T, M)  # mid-write: the write keeps its snapshot
+    o.leading(0, T - M, None)
+    with pytest.raises(Violation, match=r"\[rule-2\].*past the write's first send"):
+        o.leading(0, 3 * T - M, None)
+    with pytest.raises(Violation, match=r"\[rule-2\].*advertises 3000 ms, its snapshot"):
+        _oracle().begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=3000, deadline=None)
+
+
+def test_oracle_rule2_a_shorter_advertised_lease_must_shorten_ours() -> None:
+    o = _oracle()
+    o.begin_write(0, 0, RENEW, "e1", term=1, renewal=2, lease_ms=1000, deadline=None)
+    o.configured(T // 2, M)
+    with pytest.raises(Violation, match=r"\[rule-2\].*ends 500.000 ms earlier"):
+        o.begin_write(0, 10, RENEW, "e2", term=1, renewal=3, lease_ms=500, deadline=T + 10 - M)
+
+
+def test_oracle_rule4_adopts_only_its_own_pending_write() -> None:
+    o = _oracle()
+    o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+    o.leading(0, T - M, ("nonce-a", 1, 1))
+    o = _oracle()
+    o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+    with pytest.raises(Violation, match=r"\[rule-4\].*nonce nonce-b"):
+        o.leading(0, T - M, ("nonce-b", 1, 1))  # a duplicate id's record
+
+
+def test_oracle_rule5_new_terms_exceed_every_seen_term() -> None:
+    o = _oracle()
+    o.observed(0, "e1", term=7, lease_ms=1000, released=True, nonce="nonce-b")
+    with pytest.raises(Violation, match=r"\[rule-5\].*new term 7 is not above the seen term 7"):
+        o.begin_write(0, 1, TAKEOVER, "e1", term=7, renewal=1, lease_ms=1000, deadline=None)
+    o = _oracle()
+    o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+    # A retry of the same write (same kind, term, renewal) reuses its term.
+    o.begin_write(0, 5, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)

@@ -36,6 +36,7 @@ from .._core import Campaign, LeadershipTable
 from ..errors import RecordError
 from ..record import encode_record, parse_record
 from .checker import Checker, Violation
+from .oracle import RuleOracle
 
 __all__ = ["COVERAGE", "Params", "Result", "SimFailure", "World", "draw_params", "run_schedule"]
 
@@ -293,6 +294,7 @@ class SimNode:
         "generation",
         "index",
         "kicked",
+        "last_read",
         "lease_deadline",
         "lease_on",
         "offset",
@@ -300,6 +302,7 @@ class SimNode:
         "op_send",
         "op_to",
         "op_token",
+        "oracle",
         "partitioned",
         "paused",
         "rate",
@@ -332,7 +335,13 @@ class SimNode:
         self.config_on_write = -1
         self.freeze_after_write = False
         self.c = self._new_campaign(0)
+        self.oracle = self._new_oracle()
+        self.last_read: tuple[str, int, int] | None = None
         self._reset_loop()
+
+    def _new_oracle(self) -> RuleOracle:
+        tm = self.timing
+        return RuleOracle(f"n{self.index}", self.server_id, self.c.nonce, tm.lease, tm.margin)
 
     # -- clocks --------------------------------------------------------------------
 
@@ -380,8 +389,11 @@ class SimNode:
 
     # -- events and the checker (Elector._dispatch) -----------------------------------
 
-    def sync(self, t: int) -> None:
-        """Dispatch the Campaign's events, then check leases and roles."""
+    def sync(self, t: int, adopted: tuple[str, int, int] | None = None) -> None:
+        """Dispatch the Campaign's events, then check leases and roles.
+
+        ``adopted``: the (nonce, term, renewal) just read, when a read led here.
+        """
         c = self.c
         w = self.w
         ev = c.take_events()
@@ -421,6 +433,7 @@ class SimNode:
                 self.lease_on = True
                 self.lease_deadline = d
                 w.checker.lease(t, self.index, self.true_at(d), c.term)
+                self.oracle.leading(t, d, adopted)
         elif self.lease_on:
             self.lease_on = False
             w.checker.lease_over(t, self.index)
@@ -519,6 +532,9 @@ class SimNode:
         c = self.c
         kind = c.next_action
         if_match, term, renewal, released = c.begin_write(now)
+        # The lease held once the write is under way (begin_write may shorten it).
+        leading = c.deadline_ns if c.role == LEADER and c.is_leader(now) else None
+        self.oracle.begin_write(t, now, kind, if_match, term, renewal, c.pending_lease_ms, leading)
         # Not a dispatch point in Elector._write, but begin_write may move the
         # deadline (a core that shortens a lease there), so the checker looks.
         self.sync(t)
@@ -580,6 +596,8 @@ class SimNode:
                             f"read {etag}: {r.leader_id}/{r.nonce[:4]} term={r.term} "
                             f"r={r.renewal} lease={r.lease_ms}{' released' if r.released else ''}",
                         )
+                    self.oracle.observed(now, etag, r.term, r.lease_ms, r.released, r.nonce)
+                    self.last_read = (r.nonce, r.term, r.renewal)
                     c.observe_record(
                         now,
                         EPOCH_NS + t,
@@ -597,6 +615,8 @@ class SimNode:
             if code == O_OK:
                 if w.rec:
                     w.note(t, self, f"peer: ok={outcome[1]} {outcome[2]} {outcome[3]}")
+                if outcome[1] and outcome[2] == c.leader_id:
+                    self.oracle.peer_etag(now, outcome[3])
                 c.observe_peer(now, outcome[1], outcome[2], outcome[3])
             else:
                 if w.rec:
@@ -606,6 +626,7 @@ class SimNode:
             if code == O_OK:
                 if w.rec:
                     w.note(t, self, f"write ok -> {outcome[1]}")
+                self.oracle.wrote(now, outcome[1])
                 c.write_succeeded(now, outcome[1], outcome[2])
             elif code == O_PRE:
                 if w.rec:
@@ -620,7 +641,7 @@ class SimNode:
                 t_max = max(tm.lease for tm in w.p.timings)
                 at = t + w.rng.randint(0, self.timing.frequent // 2)
                 w.push(at, E_FAULT, self.index, 0, (NF_PAUSE, w.rng.randint(t_max, 2 * t_max)))
-        self.sync(t)
+        self.sync(t, self.last_read if kind == A_READ and code == O_OK else None)
         if self.final_write:
             self.final_write = False
             self._finish_stop(t)
@@ -663,6 +684,7 @@ class SimNode:
         c = self.c
         if c.role == STOPPED_ROLE:
             c.restart(self.local(t), self.w.nonce())  # rule 0: a new incarnation
+            self.oracle = self._new_oracle()
         self.state = S_RUNNING
         if self.w.rec:
             self.w.note(t, self, f"started, nonce {c.nonce[:4]}")
@@ -687,6 +709,7 @@ class SimNode:
             return
         self.slot.restart_slot()
         self.c = self._new_campaign(t)  # same id, new incarnation
+        self.oracle = self._new_oracle()
         self.state = S_RUNNING
         if self.w.rec:
             self.w.note(t, self, f"restarted, nonce {self.c.nonce[:4]}")
@@ -700,6 +723,7 @@ class SimNode:
         self.c.configure(
             timing.lease, timing.frequent, timing.infrequent, timing.margin, -1, self.w.p.peer_mode
         )
+        self.oracle.configured(timing.lease, timing.margin)
         self.sync(t)
         if self.w.rec:
             self.w.note(t, self, f"config T={timing.lease // MS} m={timing.margin // MS}")
