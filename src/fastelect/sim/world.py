@@ -299,7 +299,6 @@ class SimNode:
         "lease_on",
         "offset",
         "op_kind",
-        "op_send",
         "op_to",
         "op_token",
         "oracle",
@@ -381,7 +380,6 @@ class SimNode:
         self.op_token = 0
         self.op_kind = 0
         self.op_to = 0
-        self.op_send = 0
         self.wake_token = 0
         self.expiry_token = 0
         self.lease_on = False
@@ -561,7 +559,6 @@ class SimNode:
     def _send(self, t: int, kind: int, timeout_local: int, data: Any) -> None:
         self.op_token = tok = self.w.token()
         self.op_kind = kind
-        self.op_send = t
         self.op_to = self.true_after(t, timeout_local)
         self.w.request(self, tok, kind, data)
 
