@@ -674,6 +674,11 @@ class SimNode:
         self.state = S_STOPPED
         if self.w.rec:
             self.w.note(t, self, "stopped")
+        w = self.w
+        if w.healed and not w.ending:
+            # A stop begun before the faults ended finished after: the tail has
+            # every node running, and the START drawn for it fell past the heal.
+            self.start(t)
 
     def start(self, t: int) -> None:
         if self.state != S_STOPPED:
@@ -737,6 +742,9 @@ class World:
         self.heap: list[tuple[int, int, int, int, int, Any]] = []
         self.seq = 0
         self.calm = p.calm_from_start
+        #: The faults are over (faults_end passed) / the final stop began.
+        self.healed = False
+        self.ending = False
         self.table = LeadershipTable(slots=len(p.node_ids))
         self.checker = Checker(len(p.node_ids))
         self.result = Result(p.seed)
@@ -905,6 +913,7 @@ class World:
             self._heal_all(t)
             return
         if kind == NF_END:
+            self.ending = True
             for node in self.nodes:
                 node.request_stop(t)
             return
@@ -959,10 +968,13 @@ class World:
                 return
             n.update_config(t, self.p.timings[arg])
 
-    def _resume(self, t: int, n: SimNode) -> None:
+    def _resume(self, t: int, n: SimNode, *, healing: bool = False) -> None:
         if not n.paused:
             return
         n.paused = False
+        if healing:
+            # Faults that waited for the pause to end (stop, config) end with it.
+            n.deferred = [d for d in n.deferred if d[2] != E_FAULT]
         if self.rec:
             self.note(t, n, f"resumed with {len(n.deferred)} due")
         due = n.deferred
@@ -979,8 +991,9 @@ class World:
 
     def _heal_all(self, t: int) -> None:
         self.calm = True
+        self.healed = True
         for n in self.nodes:
-            self._resume(t, n)
+            self._resume(t, n, healing=True)
             n.partitioned = False
             n.config_on_write = -1
             n.freeze_after_write = False
