@@ -1,0 +1,15 @@
+"""fastelect's deterministic simulator: the real compiled Campaign under injected faults.
+
+In the spirit of FoundationDB's simulation and TigerBeetle's VOPR: several
+nodes, each a real :class:`fastelect._core.Campaign` driven by a faithful
+re-implementation of the Elector's loop, run on virtual time against a
+simulated linearizable store.  Every source of nondeterminism comes from one
+seed; invariants (:mod:`fastelect.sim.checker`) are checked as the history
+unfolds; a failing seed replays exactly with ``python -m fastelect.sim
+--seed S --trace``.  See ``docs/simulator.md``.
+"""
+
+from .checker import Checker, Violation
+from .world import Params, Result, SimFailure, draw_params, run_schedule
+
+__all__ = ["Checker", "Params", "Result", "SimFailure", "Violation", "draw_params", "run_schedule"]

@@ -1,0 +1,152 @@
+"""The invariants, checked on true (simulated) time as the history unfolds.
+
+The checker knows nothing of the simulator: it is fed a history -- leases
+starting or ending, the ``EV_ACQUIRED``/``EV_LOST`` events the driver
+dispatched, leader-work steps, crashes -- and raises :class:`Violation` at
+the first event that breaks a rule.  ``tests/test_sim_checker.py`` feeds it
+hand-made bad histories to show each check fires.
+
+Why checking "at most one live lease" only when a lease starts or extends
+covers every instant: a node is live over ``[start, end)`` intervals whose
+starts are always events (an acquisition or renewal the driver reports).
+Two intervals overlap iff one starts inside the other, so the overlap is
+seen at that start.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Checker", "Violation"]
+
+
+class Violation(AssertionError):
+    """An invariant failed; ``str()`` names the rule, instant and nodes."""
+
+    def __init__(self, rule: str, t_ns: int, detail: str) -> None:
+        super().__init__(f"[{rule}] at t={t_ns / 1e6:.3f} ms: {detail}")
+        self.rule = rule
+        self.t_ns = t_ns
+        self.detail = detail
+
+
+class Checker:
+    """Safety and liveness invariants over ``nodes`` nodes, indexed from 0."""
+
+    __slots__ = (
+        "acquisitions",
+        "leading",
+        "lease_end",
+        "lease_term",
+        "max_term",
+        "max_work_term",
+        "work_steps",
+    )
+
+    def __init__(self, nodes: int) -> None:
+        #: True-time end (exclusive) of each node's live lease; 0 = not live.
+        self.lease_end = [0] * nodes
+        self.lease_term = [0] * nodes
+        #: Leadership as the dispatched events say: between EV_ACQUIRED and EV_LOST.
+        self.leading = [False] * nodes
+        #: Highest term of any leadership so far.
+        self.max_term = -1
+        #: Highest term whose leader work has started.
+        self.max_work_term = -1
+        self.acquisitions = 0
+        self.work_steps = 0
+
+    # -- leases: "at most one node whose lease is live" -----------------------
+
+    def lease(self, t: int, node: int, end: int, term: int) -> None:
+        """``node``'s lease is live over ``[t, end)`` (a start or an extension)."""
+        if end <= t:
+            self.lease_end[node] = 0
+            return
+        ends = self.lease_end
+        for other in range(len(ends)):
+            if other != node and ends[other] > t:
+                raise Violation(
+                    "one-leader",
+                    t,
+                    f"n{node} (term {term}) starts a lease until {end / 1e6:.3f} ms while "
+                    f"n{other} (term {self.lease_term[other]}) is live until "
+                    f"{ends[other] / 1e6:.3f} ms",
+                )
+        ends[node] = end
+        self.lease_term[node] = term
+
+    def lease_over(self, t: int, node: int) -> None:
+        """``node`` stopped being live at ``t`` (stepped down, crashed)."""
+        if self.lease_end[node] > t:
+            self.lease_end[node] = 0
+
+    def live(self, t: int) -> list[int]:
+        """Nodes whose lease is live at ``t`` (the latest instant fed in, or later)."""
+        return [i for i, end in enumerate(self.lease_end) if end > t]
+
+    # -- hooks: "on_lose exactly once per leadership"; terms --------------------
+
+    def acquired(self, t: int, node: int, term: int) -> None:
+        """EV_ACQUIRED dispatched (``on_acquire`` queued) with this term."""
+        if self.leading[node]:
+            raise Violation(
+                "hooks", t, f"n{node} got EV_ACQUIRED (term {term}) while already leading"
+            )
+        if term <= self.max_term:
+            raise Violation(
+                "terms",
+                t,
+                f"n{node} starts a leadership with term {term}, not above the highest "
+                f"earlier term {self.max_term}",
+            )
+        self.leading[node] = True
+        self.max_term = term
+        self.acquisitions += 1
+
+    def lost(self, t: int, node: int) -> None:
+        """EV_LOST dispatched (``on_lose`` queued)."""
+        if not self.leading[node]:
+            raise Violation("hooks", t, f"n{node} got EV_LOST without a leadership to end")
+        self.leading[node] = False
+
+    def crashed(self, t: int, node: int) -> None:
+        """The process died: its leadership (if any) ends here, with no hook."""
+        self.leading[node] = False
+        self.lease_over(t, node)
+
+    def role_agrees(self, t: int, node: int, is_leader_role: bool) -> None:
+        """After a dispatch, the events seen so far must match the Campaign's role."""
+        if self.leading[node] != is_leader_role:
+            said = "leading" if self.leading[node] else "not leading"
+            role = "LEADER" if is_leader_role else "not LEADER"
+            raise Violation(
+                "hooks", t, f"n{node}'s events say {said} but its Campaign role is {role}"
+            )
+
+    # -- leader work ------------------------------------------------------------------
+
+    def work_step(self, t: int, node: int, term: int) -> None:
+        """A guarded leader-work step of ``node`` (leadership ``term``) starts at ``t``."""
+        if self.lease_end[node] <= t:
+            raise Violation(
+                "leader-work",
+                t,
+                f"n{node} starts a work step of term {term} outside its lease "
+                f"(lease ended {self.lease_end[node] / 1e6:.3f} ms, 0 = none)",
+            )
+        if term < self.max_work_term:
+            raise Violation(
+                "leader-work",
+                t,
+                f"n{node} starts work of term {term} after work of term "
+                f"{self.max_work_term} started",
+            )
+        self.max_work_term = term
+        self.work_steps += 1
+
+    # -- the end ------------------------------------------------------------------------
+
+    def finished(self, t: int) -> None:
+        """All nodes were stopped: every leadership must have ended with EV_LOST."""
+        for node, leading in enumerate(self.leading):
+            if leading:
+                raise Violation("hooks", t, f"n{node}'s leadership never got its EV_LOST (on_lose)")

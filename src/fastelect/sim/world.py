@@ -1,0 +1,1111 @@
+"""One simulated schedule: nodes running the real compiled Campaign on virtual time.
+
+Everything that varies comes from ``random.Random(seed)``: the fleet, its
+timings, each node's clock, every request's latency and fate, and every
+node-level fault.  Events sit on a heap ordered by ``(true time, sequence
+number)``, so ties resolve the same way on every run and a seed replays
+exactly.
+
+Clocks.  Node *i* reads ``local_i(t) = offset_i + t * rate_i`` (integer
+arithmetic, the rate as a binary fraction).  Rule 2 makes a leader trust
+``T - margin`` on its clock while followers wait ``T`` on theirs, so the
+rates may differ by a factor of at most ``T / (T - margin)``; rates are drawn
+in ``[1, 1 + 0.9 * (T / (T - margin) - 1)]`` for the smallest such ratio of
+the schedule's configurations (headroom 10 %).  Rates >= 1 also make every
+true duration at most its local length, which the liveness bound uses.
+
+Liveness is checked in true time with the arithmetic ``is_leader()`` uses:
+node *i* is live at ``t`` iff its Campaign's role is LEADER and
+``local_i(t) < deadline_ns``.
+
+The driver around each Campaign (:class:`SimNode`) is a re-implementation of
+``fastelect.elector.Elector`` that makes the same Campaign calls in the same
+order; each method names the Elector method it mirrors.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _core
+from .._core import Campaign, LeadershipTable
+from ..errors import RecordError
+from ..record import encode_record, parse_record
+from .checker import Checker, Violation
+from .oracle import RuleOracle
+
+__all__ = ["COVERAGE", "Params", "Result", "SimFailure", "World", "draw_params", "run_schedule"]
+
+#: Situations the default run must reach (``Result.stats`` keys), so a change
+#: that quietly stops injecting a fault fails the tests instead of passing them.
+COVERAGE = (
+    "crash",  # a process killed (its in-flight requests may still land)
+    "pause",  # a SIGSTOP-like freeze, often longer than the lease
+    "partition",  # one node cut off from storage and peers
+    "stop",  # a graceful stop (a leader releases)
+    "config",  # update_config on a running elector
+    "config-mid-write",  # update_config while a write of that node was in flight
+    "late-write",  # a write applied after its client gave up
+    "lost-reply",  # a write applied whose answer never arrived
+    "orphan-write",  # a write of a crashed or given-up client applied
+    "adopt",  # rule 4: a leader recognised its own write after 412/timeout
+    "lease-lapsed",  # a leader's lease ran out (EV_LOST without a lost CAS)
+    "work-refused",  # the guard refused a leader-work step after the lease
+    "duplicate-id",  # EV_DUPLICATE_ID raised
+    "peer-lie",  # a peer answered 200 for a leader that may not lead
+    "takeover",  # a leadership changed hands to another node
+)
+
+MS = 1_000_000
+SEC = 1_000_000_000
+RATE_BITS = 30
+RATE_ONE = 1 << RATE_BITS
+#: Wall clock of true time 0 (any date; only lastUpdated carries it).
+EPOCH_NS = 1_780_000_000 * SEC
+#: Upper bound of how long after the client gave up a "late" request lands.
+LATE_MAX = 1500 * MS
+#: Latency bounds (each way) once the faults stop.
+CALM_MIN, CALM_MAX = 1 * MS, 10 * MS
+#: The core's fixed retry delays (RETRY_DELAYS_NS in _core.pyx); the longest one.
+RETRY_MAX = 1 * SEC
+
+LEADER = int(_core.Role.LEADER)
+STOPPED_ROLE = int(_core.Role.STOPPED)
+A_WAIT = int(_core.Action.WAIT)
+A_READ = int(_core.Action.READ)
+A_PEER = int(_core.Action.PEER_CHECK)
+EV_ACQUIRED = int(_core.Event.EV_ACQUIRED)
+EV_LOST = int(_core.Event.EV_LOST)
+EV_DUPLICATE_ID = int(_core.Event.EV_DUPLICATE_ID)
+ACTION_NAMES = _core.ACTION_NAMES
+
+# Event kinds on the heap.
+E_WAKE, E_REPLY, E_TIMEOUT, E_APPLY, E_EXPIRY, E_WORK, E_FAULT, E_CHECK = range(8)
+_NODE_EVENTS = (E_WAKE, E_REPLY, E_TIMEOUT, E_EXPIRY, E_WORK)
+# Outcomes of a request, as the client sees them.
+O_OK, O_MISSING, O_PRE, O_FAIL = range(4)
+# Request fates (drawn per request while faults are on).
+F_NORMAL, F_500, F_503, F_403, F_409, F_LOST_REQ, F_LOST_REPLY, F_LATE, F_LIE = range(9)
+_FATE_NAMES = ("ok", "500", "503", "403", "409", "lost-request", "lost-reply", "late", "lie")
+# Node-level faults.
+NF_CRASH, NF_PAUSE, NF_PARTITION, NF_STOP, NF_CONFIG = range(5)
+NF_RESTART, NF_RESUME, NF_HEAL_ONE, NF_START, NF_HEAL_ALL, NF_END = range(5, 11)
+#: Failover scenarios: crash / gracefully stop whichever node leads at that instant.
+NF_CRASH_LEADER, NF_STOP_LEADER = range(11, 13)
+#: update_config while this node's next write is in flight (rule 2's case).
+NF_CONFIG_MIDWRITE = 13
+# Node process states.
+S_RUNNING, S_STOPPED, S_CRASHED = range(3)
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """One elector configuration, in ns (ms-aligned so ``leaseMs`` is exact)."""
+
+    lease: int
+    frequent: int
+    infrequent: int
+    margin: int
+
+    @property
+    def storage_timeout(self) -> int:
+        # ElectorConfig's default: min(2 s, leader_timeout / 3).
+        return min(2 * SEC, self.lease // 3)
+
+
+@dataclass(slots=True)
+class Params:
+    """Everything a schedule is made of, drawn from its seed (or built by hand)."""
+
+    seed: int
+    timings: list[Timing]
+    #: Per node: index into ``timings`` it starts with, server id, clock rate/offset.
+    node_timing: list[int]
+    node_ids: list[str]
+    rates: list[int]
+    offsets: list[int]
+    peer_mode: bool
+    peer_timeout: int
+    #: Latency (each way) while faults are on: base + exponential jitter, some slow.
+    lat_base: int
+    lat_jitter: int
+    p_slow: float
+    #: Per-request fate weights (F_* order) while faults are on.
+    fate_weights: list[float]
+    p_peer_lie: float
+    #: (true time, fault, node, argument) node-level faults.
+    faults: list[tuple[int, int, int, int]]
+    #: Faults stop here; the fault-free tail follows.
+    faults_end: int
+    #: By then (after faults_end) some node must lead, and keep leading to ``end``.
+    live_by: int
+    end: int
+    #: Leader-work step interval range (local ns).
+    work_min: int
+    work_max: int
+    #: Fixed latencies (each way) from the start, no drawn faults: failover scenarios.
+    calm_from_start: bool = False
+    fixed_latency: int = 0
+
+
+def _ms(rng: random.Random, lo: int, hi: int) -> int:
+    return rng.randint(lo, hi) * MS
+
+
+def draw_timing(rng: random.Random) -> Timing:
+    """A valid configuration: F + margin < T with room for a renewal's latency."""
+    lease = rng.randint(10, 40) * 100 * MS
+    margin = _ms(rng, lease // MS // 20, lease // MS // 5)
+    frequent = _ms(rng, lease // MS // 10, (lease - margin) // MS * 2 // 5)
+    infrequent = frequent + _ms(rng, 0, 3 * lease // MS)
+    return Timing(lease, frequent, infrequent, margin)
+
+
+def liveness_bound(p: Params) -> int:
+    """How long after the faults stop some node must lead (derivation in docs/simulator.md).
+
+    1. Stray requests: every request sent before ``faults_end`` has landed or
+       been dropped by ``+ storage_timeout + LATE_MAX``; after that the record
+       changes only through requests sent in the tail.
+    2. Backoff: a node in a failure streak tries again within
+       ``max(1 s, F)`` (the core's retry delays) after its last failure.
+    3. A follower that saw the last write of a silent leader polls again
+       within ``min(I, T)`` (rule 1 caps the idle poll at the takeover
+       instant), or, in peer mode, notices the dead peer within
+       ``F + peer_timeout`` and reads.
+    4. It takes over ``T`` (the longest lease advertised or configured) after
+       first seeing that write; the takeover lands after one request.
+    Rates >= 1 make every true duration at most its local length; each step
+    adds a few calm request latencies (``2 * CALM_MAX`` each).
+    """
+    t_max = max(t.lease for t in p.timings)
+    f_max = max(t.frequent for t in p.timings)
+    poll_max = max(min(t.infrequent, t.lease) for t in p.timings)
+    st_max = max(t.storage_timeout for t in p.timings)
+    stray = st_max + LATE_MAX + 2 * CALM_MAX
+    backoff = max(RETRY_MAX, f_max) + st_max
+    peer = f_max + p.peer_timeout if p.peer_mode else 0
+    return stray + backoff + poll_max + peer + t_max + 8 * 2 * CALM_MAX
+
+
+def draw_params(seed: int) -> Params:
+    """The schedule of ``seed``."""
+    rng = random.Random(seed)
+    n = rng.randint(2, 5)
+    timings = [draw_timing(rng) for _ in range(rng.choice((1, 1, 2, 3)))]
+    ratio = min(t.lease / (t.lease - t.margin) for t in timings)
+    rate_hi = 1.0 + 0.9 * (ratio - 1.0)
+    rates = [int(RATE_ONE * rng.uniform(1.0, rate_hi)) for _ in range(n)]
+    offsets = [rng.randint(10**12, 10**14) for _ in range(n)]
+    ids = [f"s{i}" for i in range(n)]
+    if n >= 3 and rng.random() < 0.25:
+        ids[n - 1] = ids[0]  # two live processes configured with one id
+    t_max = max(t.lease for t in timings)
+    peer_mode = rng.random() < 0.3
+    faults_end = rng.randint(2, 8) * t_max + rng.randint(0, t_max)
+    faults: list[tuple[int, int, int, int]] = []
+    for _ in range(rng.randint(0, 8)):
+        at = rng.randint(0, faults_end)
+        kinds = (NF_CRASH, NF_PAUSE, NF_PARTITION, NF_STOP, NF_CONFIG, NF_CONFIG_MIDWRITE)
+        kind = rng.choices(kinds, (3, 3, 2, 2, 2, 2))[0]
+        node = rng.randrange(n)
+        if kind in (NF_CONFIG, NF_CONFIG_MIDWRITE):
+            arg = rng.randrange(len(timings))
+        elif kind == NF_PAUSE:
+            arg = rng.randint(t_max // 2, 5 * t_max // 2)  # longer than the lease, often
+        else:
+            arg = rng.randint(0, 2 * t_max)
+        faults.append((at, kind, node, arg))
+    p_fault = rng.choice((0.0, 0.02, 0.05, 0.15))
+    weights = [1.0 - p_fault] + [p_fault / 7] * 7
+    p = Params(
+        seed=seed,
+        timings=timings,
+        node_timing=[rng.randrange(len(timings)) for _ in range(n)],
+        node_ids=ids,
+        rates=rates,
+        offsets=offsets,
+        peer_mode=peer_mode,
+        peer_timeout=rng.randint(5, 30) * t_max // 100,
+        lat_base=_ms(rng, 0, 20),
+        lat_jitter=_ms(rng, 1, 80),
+        p_slow=rng.choice((0.0, 0.01, 0.05)),
+        fate_weights=weights,
+        p_peer_lie=rng.choice((0.0, 0.0, 0.1)),
+        faults=faults,
+        faults_end=faults_end,
+        live_by=0,
+        end=0,
+        work_min=t_max // 50,
+        work_max=t_max // 8,
+    )
+    p.live_by = faults_end + liveness_bound(p)
+    p.end = p.live_by + 2 * t_max
+    return p
+
+
+class SimFailure(AssertionError):
+    """A schedule broke an invariant: the seed, the rule and a short trace."""
+
+    def __init__(self, seed: int, violation: Violation, trace: list[str]) -> None:
+        lines = "\n".join(trace)
+        super().__init__(
+            f"seed={seed}: {violation}\n"
+            f"replay: python -m fastelect.sim --seed {seed} --trace\n"
+            f"last {len(trace)} events (true ms, node, local ms, what | role term deadline):\n"
+            f"{lines}"
+        )
+        self.seed = seed
+        self.violation = violation
+
+
+@dataclass(slots=True)
+class Result:
+    """What one schedule did (for rates, coverage and the failover figures)."""
+
+    seed: int
+    events: int = 0
+    acquisitions: int = 0
+    work_steps: int = 0
+    duplicate_reports: int = 0
+    #: (true time, node) of every EV_ACQUIRED, in order.
+    acquired_at: list[tuple[int, int]] = field(default_factory=list)
+    #: (true time, node) of an NF_CRASH_LEADER / NF_STOP_LEADER that found a leader.
+    leader_fault: tuple[int, int] | None = None
+    #: How often each interesting situation arose (coverage: see ``COVERAGE``).
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+class SimNode:
+    """One elector process: a Campaign and the driver loop of ``Elector`` around it."""
+
+    __slots__ = (
+        "addr",
+        "c",
+        "config_on_write",
+        "deferred",
+        "expiry_token",
+        "final_write",
+        "freeze_after_write",
+        "generation",
+        "index",
+        "kicked",
+        "last_read",
+        "lease_deadline",
+        "lease_on",
+        "offset",
+        "op_kind",
+        "op_to",
+        "op_token",
+        "oracle",
+        "partitioned",
+        "paused",
+        "rate",
+        "server_id",
+        "sleeping",
+        "slot",
+        "state",
+        "stopping",
+        "timing",
+        "w",
+        "wake_token",
+    )
+
+    def __init__(self, w: World, index: int) -> None:
+        p = w.p
+        self.w = w
+        self.index = index
+        self.server_id = p.node_ids[index]
+        self.addr = f"n{index}:8443"
+        self.rate = p.rates[index]
+        self.offset = p.offsets[index]
+        self.timing = p.timings[p.node_timing[index]]
+        self.slot = w.table.slot(f"n{index}", self.server_id)
+        self.state = S_RUNNING
+        self.paused = False
+        self.partitioned = False
+        self.deferred: list[tuple[int, int, int, int, Any]] = []
+        self.generation = 0
+        #: A timing index to apply while the next write is in flight (or -1).
+        self.config_on_write = -1
+        self.freeze_after_write = False
+        self.c = self._new_campaign(0)
+        self.oracle = self._new_oracle()
+        self.last_read: tuple[str, int, int] | None = None
+        self._reset_loop()
+
+    def _new_oracle(self) -> RuleOracle:
+        tm = self.timing
+        return RuleOracle(f"n{self.index}", self.server_id, self.c.nonce, tm.lease, tm.margin)
+
+    # -- clocks --------------------------------------------------------------------
+
+    def local(self, t: int) -> int:
+        return self.offset + ((t * self.rate) >> RATE_BITS)
+
+    def true_at(self, local_ns: int) -> int:
+        """The first true instant at which this node's clock reads ``local_ns``."""
+        return -((-(local_ns - self.offset) << RATE_BITS) // self.rate)
+
+    def true_after(self, t: int, local_dur: int) -> int:
+        return self.true_at(self.local(t) + local_dur)
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def _new_campaign(self, t: int) -> Campaign:
+        tm = self.timing
+        return Campaign(
+            self.slot,
+            self.server_id,
+            self.addr,
+            tm.lease,
+            tm.frequent,
+            tm.infrequent,
+            tm.margin,
+            -1,
+            self.w.p.peer_mode,
+            self.local(t),
+            self.w.nonce(),
+        )
+
+    def _reset_loop(self) -> None:
+        self.sleeping = False
+        self.kicked = False
+        self.stopping = False
+        self.final_write = False
+        self.op_token = 0
+        self.op_kind = 0
+        self.op_to = 0
+        self.wake_token = 0
+        self.expiry_token = 0
+        self.lease_on = False
+        self.lease_deadline = 0
+
+    # -- events and the checker (Elector._dispatch) -----------------------------------
+
+    def sync(self, t: int, adopted: tuple[str, int, int] | None = None) -> None:
+        """Dispatch the Campaign's events, then check leases and roles.
+
+        ``adopted``: the (nonce, term, renewal) just read, when a read led here.
+        """
+        c = self.c
+        w = self.w
+        ev = c.take_events()
+        if ev:
+            if w.rec:
+                w.note(t, self, f"events {ev:#x}")
+            if ev & EV_DUPLICATE_ID:
+                w.result.duplicate_reports += 1
+                w.count("duplicate-id")
+            if ev & EV_LOST:
+                if (
+                    not c.is_leader(self.local(t))
+                    and self.lease_on
+                    and self.true_at(self.lease_deadline) <= t
+                ):
+                    w.count("lease-lapsed")
+                self.generation += 1  # ends guarded work (its alive() check)
+                self.expiry_token = 0  # _cancel_expiry
+                w.checker.lost(t, self.index)
+            if ev & EV_ACQUIRED:
+                self.generation += 1
+                w.checker.acquired(t, self.index, c.term)
+                acq = w.result.acquired_at
+                if acq and acq[-1][1] != self.index:
+                    w.count("takeover")
+                if self.op_kind == A_READ:
+                    w.count("adopt")
+                acq.append((t, self.index))
+                self._schedule_work(t, self.generation)
+            if c.role == LEADER:
+                self._arm_expiry(t)
+        is_leader = c.role == LEADER
+        w.checker.role_agrees(t, self.index, is_leader)
+        if is_leader:
+            d = c.deadline_ns
+            if not self.lease_on or d != self.lease_deadline:
+                self.lease_on = True
+                self.lease_deadline = d
+                w.checker.lease(t, self.index, self.true_at(d), c.term)
+                self.oracle.leading(t, d, adopted)
+        elif self.lease_on:
+            self.lease_on = False
+            w.checker.lease_over(t, self.index)
+
+    def _arm_expiry(self, t: int) -> None:
+        # Elector._arm_expiry: a timer at the deadline kicks the loop.
+        self.expiry_token = tok = self.w.token()
+        self.w.push(max(t, self.true_at(self.c.deadline_ns)), E_EXPIRY, self.index, tok, None)
+
+    def on_expiry(self, t: int) -> None:
+        # Elector._on_expiry
+        self.expiry_token = 0
+        c = self.c
+        now = self.local(t)
+        if c.role == LEADER and c.is_leader(now):
+            self._arm_expiry(t)  # renewals moved the deadline: follow it
+            return
+        if not c.is_leader(now):
+            self.kick(t)
+
+    # -- guarded leader work (run_while_leader's _LeaseGuard) -------------------------
+
+    def _schedule_work(self, t: int, generation: int) -> None:
+        w = self.w
+        step = w.rng.randint(w.p.work_min, w.p.work_max)
+        w.push(self.true_after(t, step), E_WORK, self.index, generation, None)
+
+    def on_work(self, t: int, generation: int) -> None:
+        # alive(): same generation and the compiled lease check, before each step.
+        if generation != self.generation:
+            return
+        if not self.c.is_leader(self.local(t)):
+            if self.w.rec:
+                self.w.note(t, self, "work: lease over, not resumed")
+            self.w.count("work-refused")
+            return
+        if self.w.rec:
+            self.w.note(t, self, "work step")
+        self.w.checker.work_step(t, self.index, self.c.term)
+        self._schedule_work(t, generation)
+
+    # -- the loop (Elector._run / _sleep_until / _kick) ------------------------------
+
+    def kick(self, t: int) -> None:
+        self.kicked = True
+        if self.sleeping:
+            self.wake_token = tok = self.w.token()
+            self.w.push(t, E_WAKE, self.index, tok, None)
+
+    def on_wake(self, t: int) -> None:
+        self.sleeping = False
+        self.kicked = False  # _sleep_until's finally
+        self.run(t)
+
+    def run(self, t: int) -> None:
+        """One pass of ``Elector._run`` up to its next await."""
+        c = self.c
+        while True:
+            if self.stopping:
+                self._stop_sequence(t)
+                return
+            now = self.local(t)
+            action = c.poll(now)
+            self.sync(t)
+            if action == A_WAIT:
+                if c.role == STOPPED_ROLE:
+                    return
+                if self.kicked:  # _sleep_until returns at once
+                    self.kicked = False
+                    continue
+                at = self.true_at(c.next_at_ns)
+                if at <= t:
+                    continue
+                self.sleeping = True
+                self.wake_token = tok = self.w.token()
+                self.w.push(at, E_WAKE, self.index, tok, None)
+                return
+            if action == A_READ:
+                self._send(t, A_READ, self._op_timeout(now), None)
+            elif action == A_PEER:
+                self._send(t, A_PEER, self.w.p.peer_timeout, (c.leader_addr, c.leader_id))
+            else:
+                self._begin_write(t, now)
+            return
+
+    def _op_timeout(self, now: int) -> int:
+        # Elector._op_timeout: a leader stops waiting when its lease ends.
+        timeout = self.timing.storage_timeout
+        c = self.c
+        if c.role == LEADER:
+            timeout = max(MS, min(timeout, c.deadline_ns - now))
+        return timeout
+
+    def _begin_write(self, t: int, now: int) -> None:
+        # Elector._write, up to the request.
+        c = self.c
+        kind = c.next_action
+        if_match, term, renewal, released = c.begin_write(now)
+        # The lease held once the write is under way (begin_write may shorten it).
+        leading = c.deadline_ns if c.role == LEADER and c.is_leader(now) else None
+        self.oracle.begin_write(t, now, kind, if_match, term, renewal, c.pending_lease_ms, leading)
+        # Not a dispatch point in Elector._write, but begin_write may move the
+        # deadline (a core that shortens a lease there), so the checker looks.
+        self.sync(t)
+        wall = None if released else EPOCH_NS + t
+        # Rule 2: the body advertises the lease snapshotted when the write began.
+        body = encode_record(
+            self.server_id, self.addr, wall, term, c.pending_lease_ms, renewal, c.nonce
+        )
+        if self.w.rec:
+            self.w.note(t, self, f"send {ACTION_NAMES[kind]} term={term} r={renewal} if={if_match}")
+        self._send(t, kind, self._op_timeout(now), (body, if_match, wall or 0))
+        if self.config_on_write >= 0:
+            # The operator's update_config lands while this write is in flight.
+            w = self.w
+            at = min(self.op_to - 1, t + w.rng.randint(0, 2 * CALM_MAX))
+            w.push(at, E_FAULT, self.index, 0, (NF_CONFIG, self.config_on_write))
+            w.count("config-mid-write")
+            self.config_on_write = -1
+            if w.rng.random() < 0.5:
+                # ...and the node freezes once this write answered, before its next
+                # renewal could advertise the new lease: the window rule 2 is about.
+                self.freeze_after_write = True
+
+    def _send(self, t: int, kind: int, timeout_local: int, data: Any) -> None:
+        self.op_token = tok = self.w.token()
+        self.op_kind = kind
+        self.op_to = self.true_after(t, timeout_local)
+        self.w.request(self, tok, kind, data)
+
+    def on_reply(self, t: int, outcome: tuple[Any, ...]) -> None:
+        """The request finished (answer or client timeout): Elector._read/_write/_peer_check."""
+        self.op_token = 0
+        c = self.c
+        now = self.local(t)
+        kind = self.op_kind
+        code = outcome[0]
+        w = self.w
+        if kind == A_READ:
+            if code == O_MISSING:
+                if w.rec:
+                    w.note(t, self, "read: missing")
+                c.observe_missing(now)
+            elif code == O_FAIL:
+                if w.rec:
+                    w.note(t, self, f"read failed: {outcome[1]}")
+                c.read_failed(now)
+            else:
+                body, etag = outcome[1], outcome[2]
+                try:
+                    r = parse_record(body)
+                except RecordError:
+                    c.observe_garbage(now, etag)
+                else:
+                    if w.rec:
+                        w.note(
+                            t,
+                            self,
+                            f"read {etag}: {r.leader_id}/{r.nonce[:4]} term={r.term} "
+                            f"r={r.renewal} lease={r.lease_ms}{' released' if r.released else ''}",
+                        )
+                    self.oracle.observed(now, etag, r.term, r.lease_ms, r.released, r.nonce)
+                    self.last_read = (r.nonce, r.term, r.renewal)
+                    c.observe_record(
+                        now,
+                        EPOCH_NS + t,
+                        etag,
+                        r.leader_id,
+                        r.leader_addr,
+                        r.term,
+                        r.lease_ms,
+                        r.renewal,
+                        r.released,
+                        r.last_updated_ns or 0,
+                        r.nonce,
+                    )
+        elif kind == A_PEER:
+            if code == O_OK:
+                if w.rec:
+                    w.note(t, self, f"peer: ok={outcome[1]} {outcome[2]} {outcome[3]}")
+                if outcome[1] and outcome[2] == c.leader_id:
+                    self.oracle.peer_etag(now, outcome[3])
+                c.observe_peer(now, outcome[1], outcome[2], outcome[3])
+            else:
+                if w.rec:
+                    w.note(t, self, "peer: no answer")
+                c.observe_peer(now, False)
+        else:
+            if code == O_OK:
+                if w.rec:
+                    w.note(t, self, f"write ok -> {outcome[1]}")
+                self.oracle.wrote(now, outcome[1])
+                c.write_succeeded(now, outcome[1], outcome[2])
+            elif code == O_PRE:
+                if w.rec:
+                    w.note(t, self, "write 412")
+                c.write_conflicted(now)
+            else:
+                if w.rec:
+                    w.note(t, self, f"write failed: {outcome[1]}")
+                c.write_failed(now)
+            if self.freeze_after_write:
+                self.freeze_after_write = False
+                t_max = max(tm.lease for tm in w.p.timings)
+                at = t + w.rng.randint(0, self.timing.frequent // 2)
+                w.push(at, E_FAULT, self.index, 0, (NF_PAUSE, w.rng.randint(t_max, 2 * t_max)))
+        self.sync(t, self.last_read if kind == A_READ and code == O_OK else None)
+        if self.final_write:
+            self.final_write = False
+            self._finish_stop(t)
+            return
+        self.run(t)
+
+    # -- stop and start (Elector.stop / start), crash and restart ----------------------
+
+    def request_stop(self, t: int) -> None:
+        if self.state != S_RUNNING or self.stopping:
+            return
+        if self.w.rec:
+            self.w.note(t, self, "stop requested")
+        self.stopping = True
+        self.kick(t)
+
+    def _stop_sequence(self, t: int) -> None:
+        self.stopping = False
+        self.sleeping = False
+        self.wake_token = 0
+        c = self.c
+        now = self.local(t)
+        if c.begin_release(now):
+            self.sync(t)
+            self.final_write = True
+            self._begin_write(t, now)
+            return
+        self._finish_stop(t)
+
+    def _finish_stop(self, t: int) -> None:
+        self.c.stop(self.local(t))
+        self.sync(t)
+        self.state = S_STOPPED
+        if self.w.rec:
+            self.w.note(t, self, "stopped")
+        w = self.w
+        if w.healed and not w.ending:
+            # A stop begun before the faults ended finished after: the tail has
+            # every node running, and the START drawn for it fell past the heal.
+            self.start(t)
+
+    def start(self, t: int) -> None:
+        if self.state != S_STOPPED:
+            return
+        c = self.c
+        if c.role == STOPPED_ROLE:
+            c.restart(self.local(t), self.w.nonce())  # rule 0: a new incarnation
+            self.oracle = self._new_oracle()
+        self.state = S_RUNNING
+        if self.w.rec:
+            self.w.note(t, self, f"started, nonce {c.nonce[:4]}")
+        self.sync(t)
+        self.run(t)
+
+    def crash(self, t: int) -> None:
+        if self.state == S_CRASHED:
+            return
+        if self.w.rec:
+            self.w.note(t, self, "CRASH")
+        self.state = S_CRASHED
+        self.paused = False
+        self.deferred.clear()
+        self.generation += 1
+        self._reset_loop()
+        self.w.checker.crashed(t, self.index)
+        self.slot.release_slot()
+
+    def restart(self, t: int) -> None:
+        if self.state != S_CRASHED:
+            return
+        self.slot.restart_slot()
+        self.c = self._new_campaign(t)  # same id, new incarnation
+        self.oracle = self._new_oracle()
+        self.state = S_RUNNING
+        if self.w.rec:
+            self.w.note(t, self, f"restarted, nonce {self.c.nonce[:4]}")
+        self.run(t)
+
+    def update_config(self, t: int, timing: Timing) -> None:
+        # Elector.update_config: configure() then kick.
+        if self.state == S_CRASHED:
+            return
+        self.timing = timing
+        self.c.configure(
+            timing.lease, timing.frequent, timing.infrequent, timing.margin, -1, self.w.p.peer_mode
+        )
+        self.oracle.configured(timing.lease, timing.margin)
+        self.sync(t)
+        if self.w.rec:
+            self.w.note(t, self, f"config T={timing.lease // MS} m={timing.margin // MS}")
+        if self.state == S_RUNNING:
+            self.kick(t)
+
+
+class World:
+    """The event loop, the store and the fault injector of one schedule."""
+
+    def __init__(self, p: Params, *, trace: bool = False, record: bool = False) -> None:
+        self.p = p
+        self.rng = random.Random(p.seed ^ 0x5EED)
+        self.heap: list[tuple[int, int, int, int, int, Any]] = []
+        self.seq = 0
+        self.calm = p.calm_from_start
+        #: The faults are over (faults_end passed) / the final stop began.
+        self.healed = False
+        self.ending = False
+        self.table = LeadershipTable(slots=len(p.node_ids))
+        self.checker = Checker(len(p.node_ids))
+        self.result = Result(p.seed)
+        self.print_trace = trace
+        #: Keep a trace?  The fast run does not; a failing seed is replayed with it on.
+        self.rec = trace or record
+        self.trace: deque[tuple[int, int, int, str, int, int, int]] = deque(maxlen=40)
+        self.now = 0
+        # The store: one key, linearizable; a fresh etag per successful write.
+        self.body: bytes | None = None
+        self.etag = ""
+        self.etags = 0
+        self.nodes = [SimNode(self, i) for i in range(len(p.node_ids))]
+        self.fates = list(range(8))
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def token(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def count(self, what: str) -> None:
+        stats = self.result.stats
+        stats[what] = stats.get(what, 0) + 1
+
+    def nonce(self) -> str:
+        return f"{self.rng.getrandbits(64):016x}"
+
+    def push(self, t: int, kind: int, node: int, token: int, data: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, node, token, data))
+
+    def note(self, t: int, node: SimNode, what: str) -> None:
+        c = node.c
+        entry = (t, node.index, node.local(t), what, c.role, c.term, c.deadline_ns)
+        self.trace.append(entry)
+        if self.print_trace:
+            print(self.format(entry, node))
+
+    def format(self, entry: tuple[int, int, int, str, int, int, int], node: SimNode) -> str:
+        t, i, local, what, role, term, deadline = entry
+        n = node
+        rel = (local - n.offset) / 1e6
+        dl = f"{(deadline - n.offset) / 1e6:.1f}" if role == LEADER else "-"
+        role_name = _core.ROLE_NAMES[role]
+        return f"{t / 1e6:11.3f} n{i} {rel:11.3f}  {what} | {role_name} t{term} dl={dl}"
+
+    # -- the store and the network -----------------------------------------------------
+
+    def _latency(self) -> int:
+        p = self.p
+        if self.calm:
+            if p.fixed_latency:
+                return p.fixed_latency
+            return self.rng.randint(CALM_MIN, CALM_MAX)
+        rng = self.rng
+        if p.p_slow and rng.random() < p.p_slow:
+            return rng.randint(0, 2 * max(t.storage_timeout for t in p.timings))
+        return p.lat_base + int(rng.expovariate(1.0) * p.lat_jitter) + 1000
+
+    def request(self, node: SimNode, token: int, kind: int, data: Any) -> None:
+        """Send ``node``'s request; its fate and timing are drawn now."""
+        t = self.now
+        rng = self.rng
+        fate = F_NORMAL
+        if node.partitioned:
+            fate = F_LOST_REQ
+        elif not self.calm:
+            if kind == A_PEER:
+                if self.p.p_peer_lie and rng.random() < self.p.p_peer_lie:
+                    fate = F_LIE
+            else:
+                fate = rng.choices(self.fates, self.p.fate_weights)[0]
+        t_apply = t + self._latency()
+        t_reply = t_apply + self._latency()
+        idx = node.index
+        if kind == A_PEER:
+            if fate == F_LOST_REQ or t_reply >= node.op_to:
+                self.push(node.op_to, E_TIMEOUT, idx, token, None)
+                return
+            if fate == F_LIE:
+                self.count("peer-lie")
+                # A peer that answers 200 naming the leader we expect, whatever is true.
+                self.push(t_reply, E_REPLY, idx, token, (O_OK, True, data[1], ""))
+                return
+            self.push(t_apply, E_APPLY, idx, token, (kind, (data, node.op_to), t_reply, fate))
+            return
+        if fate in (F_500, F_503, F_403, F_409):
+            if t_reply < node.op_to:
+                # S3's 409 ConditionalRequestConflict reads as a lost CAS (S3Storage).
+                out: tuple[Any, ...] = (O_FAIL, _FATE_NAMES[fate])
+                if fate == F_409 and kind != A_READ:
+                    out = (O_PRE,)
+                self.push(t_reply, E_REPLY, idx, token, out)
+            else:
+                self.push(node.op_to, E_TIMEOUT, idx, token, None)
+            return
+        if fate == F_LOST_REQ:
+            self.push(node.op_to, E_TIMEOUT, idx, token, None)
+            return
+        if fate == F_LATE:
+            t_apply = node.op_to + rng.randint(0, LATE_MAX)
+        if fate != F_NORMAL or t_reply >= node.op_to:
+            self.push(node.op_to, E_TIMEOUT, idx, token, None)
+            t_reply = 0  # no answer reaches the client
+        self.push(t_apply, E_APPLY, idx, token, (kind, data, t_reply, fate))
+
+    def _apply(self, t: int, node_idx: int, token: int, data: Any) -> None:
+        kind, payload, t_reply, fate = data
+        if kind == A_PEER:
+            self._peer_answer(t, node_idx, token, payload, t_reply)
+            return
+        if kind == A_READ:
+            out: tuple[Any, ...] = (
+                (O_MISSING,) if self.body is None else (O_OK, self.body, self.etag)
+            )
+        else:
+            body, if_match, wall = payload
+            if (self.body is not None) if if_match == "" else (if_match != self.etag):
+                out = (O_PRE,)
+            else:
+                self.etags += 1
+                self.body = body
+                self.etag = f"e{self.etags}"
+                out = (O_OK, self.etag, wall)
+                sender = self.nodes[node_idx]
+                if fate == F_LATE:
+                    self.count("late-write")
+                elif fate == F_LOST_REPLY:
+                    self.count("lost-reply")
+                if sender.op_token != token or sender.state == S_CRASHED:
+                    self.count("orphan-write")
+            if self.print_trace:
+                landed = self.etag if out[0] == O_OK else "412"
+                print(
+                    f"{t / 1e6:11.3f} store: {ACTION_NAMES[kind]} from n{node_idx} "
+                    f"({_FATE_NAMES[fate]}) -> {landed}"
+                )
+        if t_reply:
+            self.push(t_reply, E_REPLY, node_idx, token, out)
+
+    def _peer_answer(self, t: int, node_idx: int, token: int, payload: Any, t_reply: int) -> None:
+        # The health endpoint of the node at that address answers from its table:
+        # 200 naming itself only while its lease is live (the same arithmetic).
+        (addr, expected), op_to = payload
+        target = None
+        for n in self.nodes:
+            if n.addr == addr:
+                target = n
+        if target is None or target.state == S_CRASHED or target.paused or target.partitioned:
+            self.push(op_to, E_TIMEOUT, node_idx, token, None)  # no answer
+            return
+        tc = target.c
+        leading = target.state == S_RUNNING and tc.is_leader(target.local(t))
+        ok = leading and tc.server_id == expected
+        out = (O_OK, ok, tc.server_id if leading else "", tc.etag if leading else "")
+        self.push(t_reply, E_REPLY, node_idx, token, out)
+
+    # -- faults -----------------------------------------------------------------------
+
+    def _fault(self, t: int, kind: int, node_idx: int, arg: int) -> None:
+        n = self.nodes[node_idx] if node_idx >= 0 else None
+        if t > self.p.faults_end and (kind < NF_HEAL_ALL or kind == NF_CONFIG_MIDWRITE):
+            return  # the heal at faults_end already ended every fault
+        if kind == NF_HEAL_ALL:
+            self._heal_all(t)
+            return
+        if kind == NF_END:
+            self.ending = True
+            for node in self.nodes:
+                node.request_stop(t)
+            return
+        if kind in (NF_CRASH_LEADER, NF_STOP_LEADER):
+            live = self.checker.live(t)
+            if live:
+                self.result.leader_fault = (t, live[0])
+                if kind == NF_CRASH_LEADER:
+                    self.nodes[live[0]].crash(t)
+                    self.push(t + arg, E_FAULT, live[0], 0, (NF_RESTART, 0))
+                else:
+                    self.nodes[live[0]].request_stop(t)
+                    self.push(t + arg, E_FAULT, live[0], 0, (NF_START, 0))
+            return
+        assert n is not None
+        if kind <= NF_CONFIG:
+            self.count(("crash", "pause", "partition", "stop", "config")[kind])
+        if kind == NF_CONFIG_MIDWRITE:
+            n.config_on_write = arg
+            return
+        if kind == NF_CRASH:
+            n.crash(t)
+            self.push(t + arg, E_FAULT, node_idx, 0, (NF_RESTART, 0))
+        elif kind == NF_RESTART:
+            n.restart(t)
+        elif kind == NF_PAUSE:
+            if n.state != S_CRASHED and not n.paused:
+                if self.rec:
+                    self.note(t, n, f"PAUSE for {arg / 1e6:.0f} ms")
+                n.paused = True
+                self.push(t + arg, E_FAULT, node_idx, 0, (NF_RESUME, 0))
+        elif kind == NF_RESUME:
+            self._resume(t, n)
+        elif kind == NF_PARTITION:
+            if self.rec:
+                self.note(t, n, "partitioned")
+            n.partitioned = True
+            self.push(t + arg, E_FAULT, node_idx, 0, (NF_HEAL_ONE, 0))
+        elif kind == NF_HEAL_ONE:
+            n.partitioned = False
+        elif kind == NF_STOP:
+            if n.paused:
+                n.deferred.append((t, self.token(), E_FAULT, node_idx, (kind, arg)))
+                return
+            n.request_stop(t)
+            self.push(t + arg, E_FAULT, node_idx, 0, (NF_START, 0))
+        elif kind == NF_START:
+            n.start(t)
+        elif kind == NF_CONFIG:
+            if n.paused:
+                n.deferred.append((t, self.token(), E_FAULT, node_idx, (kind, arg)))
+                return
+            n.update_config(t, self.p.timings[arg])
+
+    def _resume(self, t: int, n: SimNode, *, healing: bool = False) -> None:
+        if not n.paused:
+            return
+        n.paused = False
+        if healing:
+            # Faults that waited for the pause to end (stop, config) end with it.
+            n.deferred = [d for d in n.deferred if d[2] != E_FAULT]
+        if self.rec:
+            self.note(t, n, f"resumed with {len(n.deferred)} due")
+        due = n.deferred
+        n.deferred = []
+        # After SIGCONT everything that came due is ready at once; the loops
+        # differ in which they run first, so the order is drawn.
+        self.rng.shuffle(due)
+        for _t, _seq, kind, idx, data in due:
+            if kind == E_REPLY and n.op_to <= t and self.rng.random() < 0.5:
+                kind = E_TIMEOUT  # the timeout callback won the race
+            token = data[0] if kind != E_FAULT else 0
+            payload = data[1] if kind != E_FAULT else data
+            self.push(t, kind, idx, token, payload)
+
+    def _heal_all(self, t: int) -> None:
+        self.calm = True
+        self.healed = True
+        for n in self.nodes:
+            self._resume(t, n, healing=True)
+            n.partitioned = False
+            n.config_on_write = -1
+            n.freeze_after_write = False
+            if n.state == S_CRASHED:
+                n.restart(t)
+            elif n.state == S_STOPPED:
+                n.start(t)
+
+    # -- running -------------------------------------------------------------------------
+
+    def run(self) -> Result:
+        p = self.p
+        for n in self.nodes:
+            n.run(0)
+        for at, kind, node, arg in p.faults:
+            self.push(at, E_FAULT, node, 0, (kind, arg))
+        self.push(p.faults_end, E_FAULT, -1, 0, (NF_HEAL_ALL, 0))
+        step = max(MS, min(t.frequent for t in p.timings) // 2)
+        t = p.live_by
+        while t < p.end:
+            self.push(t, E_CHECK, -1, 0, None)
+            t += step
+        self.push(p.end, E_FAULT, -1, 0, (NF_END, 0))
+        heap = self.heap
+        nodes = self.nodes
+        pop = heapq.heappop
+        events = 0
+        limit = 2_000_000
+        while heap:
+            t, seq, kind, idx, token, data = pop(heap)
+            if t < self.now:
+                raise Violation("simulator", t, f"time ran backwards from {self.now}")
+            self.now = t
+            events += 1
+            if events > limit:
+                raise Violation("runaway", t, f"more than {limit} events")
+            if kind == E_APPLY:
+                self._apply(t, idx, token, data)
+                continue
+            if kind == E_FAULT:
+                self._fault(t, data[0], idx, data[1])
+                continue
+            if kind == E_CHECK:
+                if not self.checker.live(t):
+                    raise Violation(
+                        "liveness",
+                        t,
+                        f"no node leads {(t - p.faults_end) / 1e6:.1f} ms after the faults "
+                        f"stopped (bound {(p.live_by - p.faults_end) / 1e6:.1f} ms)",
+                    )
+                continue
+            n = nodes[idx]
+            if n.state == S_CRASHED:
+                continue
+            if n.paused:
+                n.deferred.append((t, seq, kind, idx, (token, data)))
+                continue
+            if kind == E_WAKE:
+                if token == n.wake_token and n.sleeping:
+                    n.on_wake(t)
+            elif kind in (E_REPLY, E_TIMEOUT):
+                if token != n.op_token:
+                    continue
+                if kind == E_REPLY and n.partitioned:
+                    # The answer is lost on the way back: the client times out.
+                    self.push(max(t, n.op_to), E_TIMEOUT, idx, token, None)
+                    continue
+                n.on_reply(t, data if kind == E_REPLY else (O_FAIL, "timeout"))
+            elif kind == E_EXPIRY:
+                if token == n.expiry_token:
+                    n.on_expiry(t)
+            elif kind == E_WORK:
+                n.on_work(t, token)
+        self.checker.finished(self.now)
+        for n in nodes:
+            if n.state == S_RUNNING:
+                raise Violation("lifecycle", self.now, f"n{n.index} did not stop at the end")
+        r = self.result
+        r.events = events
+        r.acquisitions = self.checker.acquisitions
+        r.work_steps = self.checker.work_steps
+        return r
+
+    def close(self) -> None:
+        self.table.close()
+
+    def trace_lines(self) -> list[str]:
+        return [self.format(e, self.nodes[e[1]]) for e in self.trace]
+
+
+def _run(p: Params, trace: bool, record: bool) -> tuple[Result | Violation, list[str]]:
+    w = World(p, trace=trace, record=record)
+    try:
+        return w.run(), []
+    except Violation as v:
+        return v, w.trace_lines()
+    finally:
+        w.close()
+
+
+def run_schedule(seed: int, *, trace: bool = False, params: Params | None = None) -> Result:
+    """Run the schedule of ``seed``; raises :class:`SimFailure` on a violation.
+
+    The fast run keeps no trace; a violation is replayed from the seed with
+    the trace on, which also proves the failure reproduces.
+    """
+    p = params if params is not None else draw_params(seed)
+    outcome, lines = _run(p, trace, trace)
+    if isinstance(outcome, Result):
+        return outcome
+    if not trace:
+        again, lines = _run(p, False, True)
+        if not isinstance(again, Violation) or str(again) != str(outcome):
+            lines = [f"NOT REPRODUCED on replay (the simulator is nondeterministic): {again}"]
+    raise SimFailure(p.seed, outcome, lines)

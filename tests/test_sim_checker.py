@@ -1,0 +1,187 @@
+"""The simulator's invariant checker and rule oracle catch each kind of bad history.
+
+Hand-made histories, no simulator: each test breaks one invariant the way a
+buggy core or driver would and expects :class:`Violation` naming that rule,
+next to the same history without the bug, which must pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fastelect.sim.checker import Checker, Violation
+from fastelect.sim.oracle import CREATE, RENEW, TAKEOVER, RuleOracle
+
+MS = 1_000_000
+
+
+def test_two_live_leases_are_caught_in_either_order() -> None:
+    c = Checker(3)
+    c.lease(0, 0, 100 * MS, term=1)
+    with pytest.raises(Violation, match=r"\[one-leader\].*n1 .*n0 \(term 1\)"):
+        c.lease(99 * MS, 1, 200 * MS, term=2)
+
+
+def test_back_to_back_leases_and_extensions_pass() -> None:
+    c = Checker(2)
+    c.lease(0, 0, 100 * MS, term=1)
+    c.lease(50 * MS, 0, 150 * MS, term=1)  # a renewal extends our own lease
+    assert c.live(149 * MS) == [0]
+    c.lease(150 * MS, 1, 300 * MS, term=2)  # the end is exclusive: no overlap
+    assert c.live(150 * MS) == [1]  # (live() answers for the present of the history)
+
+
+def test_a_lease_that_ended_early_frees_the_instant() -> None:
+    c = Checker(2)
+    c.lease(0, 0, 100 * MS, term=1)
+    c.lease_over(40 * MS, 0)  # stepped down (lost CAS) before its deadline
+    c.lease(41 * MS, 1, 200 * MS, term=2)
+    c.crashed(60 * MS, 1)
+    assert c.live(61 * MS) == []
+
+
+def test_terms_must_strictly_increase_across_leaderships() -> None:
+    c = Checker(2)
+    c.acquired(0, 0, term=3)
+    c.lost(10, 0)
+    with pytest.raises(Violation, match=r"\[terms\].*term 3, not above .* 3"):
+        c.acquired(20, 1, term=3)
+    c2 = Checker(2)
+    c2.acquired(0, 0, term=3)
+    c2.lost(10, 0)
+    with pytest.raises(Violation, match=r"\[terms\]"):
+        c2.acquired(20, 0, term=2)  # the same node, a lower term
+
+
+def test_acquired_twice_and_lost_twice_are_caught() -> None:
+    c = Checker(1)
+    c.acquired(0, 0, term=1)
+    with pytest.raises(Violation, match=r"\[hooks\].*already leading"):
+        c.acquired(5, 0, term=2)
+    c = Checker(1)
+    c.acquired(0, 0, term=1)
+    c.lost(5, 0)
+    with pytest.raises(Violation, match=r"\[hooks\].*EV_LOST without"):
+        c.lost(6, 0)
+
+
+def test_a_leadership_without_on_lose_is_caught_at_the_end() -> None:
+    c = Checker(2)
+    c.acquired(0, 0, term=1)
+    c.lost(10, 0)
+    c.acquired(20, 1, term=2)
+    with pytest.raises(Violation, match=r"\[hooks\].*n1's leadership never got its EV_LOST"):
+        c.finished(30)
+
+
+def test_a_crash_ends_a_leadership_without_a_hook() -> None:
+    c = Checker(2)
+    c.acquired(0, 0, term=1)
+    c.crashed(10, 0)
+    c.acquired(20, 1, term=2)
+    c.lost(30, 1)
+    c.finished(40)
+
+
+def test_events_disagreeing_with_the_role_are_caught() -> None:
+    c = Checker(1)
+    c.role_agrees(0, 0, is_leader_role=False)
+    with pytest.raises(Violation, match=r"\[hooks\].*events say not leading .* LEADER"):
+        c.role_agrees(1, 0, is_leader_role=True)  # became leader, no EV_ACQUIRED
+    c.acquired(2, 0, term=1)
+    with pytest.raises(Violation, match=r"\[hooks\].*events say leading"):
+        c.role_agrees(3, 0, is_leader_role=False)  # stepped down, no EV_LOST
+
+
+def test_work_after_the_lease_is_caught() -> None:
+    c = Checker(1)
+    c.lease(0, 0, 100 * MS, term=1)
+    c.work_step(99 * MS, 0, term=1)
+    with pytest.raises(Violation, match=r"\[leader-work\].*outside its lease"):
+        c.work_step(100 * MS, 0, term=1)
+
+
+def test_work_of_an_older_term_after_a_newer_one_is_caught() -> None:
+    c = Checker(2)
+    c.lease(0, 1, 100 * MS, term=5)
+    c.work_step(10 * MS, 1, term=5)
+    c.lease(100 * MS, 0, 200 * MS, term=4)  # a checker-level history: no lease overlap
+    with pytest.raises(Violation, match=r"\[leader-work\].*term 4 after work of term 5"):
+        c.work_step(110 * MS, 0, term=4)
+
+
+def test_violation_message_names_rule_and_instant() -> None:
+    v = Violation("one-leader", 1_500_000, "two leaders")
+    assert str(v) == "[one-leader] at t=1.500 ms: two leaders"
+    assert (v.rule, v.t_ns, v.detail) == ("one-leader", 1_500_000, "two leaders")
+
+
+# -- the rule oracle: each rule broken by a hand-made decision ------------------------
+
+T, M = 1000 * MS, 100 * MS
+
+
+def _oracle() -> RuleOracle:
+    return RuleOracle("n0", "s0", "nonce-a", T, M)
+
+
+def test_oracle_rule1_takeover_before_the_lease_ran_out() -> None:
+    o = _oracle()
+    o.observed(0, "e1", term=1, lease_ms=1000, released=False, nonce="nonce-b")
+    o.begin_write(0, T, TAKEOVER, "e1", term=2, renewal=1, lease_ms=1000, deadline=None)  # legal
+    o = _oracle()
+    o.observed(0, "e1", term=1, lease_ms=1500, released=False, nonce="nonce-b")
+    with pytest.raises(
+        Violation, match=r"\[rule-1\].*1000.000 ms after first seeing it; the lease"
+    ):
+        o.begin_write(0, T, TAKEOVER, "e1", term=2, renewal=1, lease_ms=1000, deadline=None)
+    with pytest.raises(Violation, match=r"\[rule-1\].*never observed"):
+        _oracle().begin_write(0, T, TAKEOVER, "e9", term=2, renewal=1, lease_ms=1000, deadline=None)
+
+
+def test_oracle_rule1_released_and_own_records_may_be_taken_at_once() -> None:
+    o = _oracle()
+    o.observed(0, "e1", term=1, lease_ms=1000, released=True, nonce="nonce-b")
+    o.observed(0, "e2", term=1, lease_ms=1000, released=False, nonce="nonce-a")
+    o.begin_write(0, 1, TAKEOVER, "e1", term=2, renewal=1, lease_ms=1000, deadline=None)
+    o.begin_write(0, 2, TAKEOVER, "e2", term=2, renewal=2, lease_ms=1000, deadline=None)
+
+
+def test_oracle_rule2_advertised_lease_and_deadline() -> None:
+    o = _oracle()
+    o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+    o.configured(3 * T, M)  # mid-write: the write keeps its snapshot
+    o.leading(0, T - M, None)
+    with pytest.raises(Violation, match=r"\[rule-2\].*past the write's first send"):
+        o.leading(0, 3 * T - M, None)
+    with pytest.raises(Violation, match=r"\[rule-2\].*advertises 3000 ms, its snapshot"):
+        _oracle().begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=3000, deadline=None)
+
+
+def test_oracle_rule2_a_shorter_advertised_lease_must_shorten_ours() -> None:
+    o = _oracle()
+    o.begin_write(0, 0, RENEW, "e1", term=1, renewal=2, lease_ms=1000, deadline=None)
+    o.configured(T // 2, M)
+    with pytest.raises(Violation, match=r"\[rule-2\].*ends 500.000 ms earlier"):
+        o.begin_write(0, 10, RENEW, "e2", term=1, renewal=3, lease_ms=500, deadline=T + 10 - M)
+
+
+def test_oracle_rule4_adopts_only_its_own_pending_write() -> None:
+    o = _oracle()
+    o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+    o.leading(0, T - M, ("nonce-a", 1, 1))
+    o = _oracle()
+    o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+    with pytest.raises(Violation, match=r"\[rule-4\].*nonce nonce-b"):
+        o.leading(0, T - M, ("nonce-b", 1, 1))  # a duplicate id's record
+
+
+def test_oracle_rule5_new_terms_exceed_every_seen_term() -> None:
+    o = _oracle()
+    o.observed(0, "e1", term=7, lease_ms=1000, released=True, nonce="nonce-b")
+    with pytest.raises(Violation, match=r"\[rule-5\].*new term 7 is not above the seen term 7"):
+        o.begin_write(0, 1, TAKEOVER, "e1", term=7, renewal=1, lease_ms=1000, deadline=None)
+    o = _oracle()
+    o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+    # A retry of the same write (same kind, term, renewal) reuses its term.
+    o.begin_write(0, 5, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
