@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from fastelect import LeadershipTable, MemoryStorage, table_gc
-from fastelect._core import shm_path
+from fastelect._core import LAYOUT_VERSION, shm_path
 from fastelect.election import ElectionConfig, Manager, ManagerConfig
 
 pytestmark = pytest.mark.skipif(
@@ -111,7 +111,7 @@ def test_sigkilled_owners_table_is_found_and_removed(name: str) -> None:
     try:
         assert path.exists()
         live = _by_name(table_gc.list_tables())[name]
-        assert (live.state, live.owner_pid, live.version) == ("live", owner.proc.pid, 1)
+        assert (live.state, live.owner_pid, live.version) == ("live", owner.proc.pid, LAYOUT_VERSION)
         assert name not in _by_name(table_gc.stale_tables())
         assert name not in _by_name(table_gc.remove_stale_tables())
         assert path.exists(), "a live owner's table was removed"
@@ -161,7 +161,7 @@ def test_new_table_replaces_a_dead_owners_table_of_the_same_name(name: str) -> N
 def test_crafted_segments_are_judged_conservatively(tmp_path: Path) -> None:
     dead = _dead_pid()
     _segment(tmp_path, "dead", owner=dead)
-    _segment(tmp_path, "dead-v2", owner=dead, version=2, size=128 + 2048)
+    _segment(tmp_path, "dead-v9", owner=dead, version=9, size=128 + 2048)
     _segment(tmp_path, "closed", owner=os.getpid(), closed=1)
     _segment(tmp_path, "live", owner=os.getpid())
     _segment(tmp_path, "young-junk", owner=dead, magic=0)
@@ -176,14 +176,14 @@ def test_crafted_segments_are_judged_conservatively(tmp_path: Path) -> None:
     assert states == {
         "closed": "closed",
         "dead": "dead owner",
-        "dead-v2": "dead owner",
+        "dead-v9": "dead owner",
         "live": "live",
         "old-junk": "not a table",
         "short": "not a table",
         "young-junk": "young",
     }
     removed = sorted(i.name for i in table_gc.remove_stale_tables(str(tmp_path)))
-    assert removed == ["closed", "dead", "dead-v2", "old-junk", "short"]
+    assert removed == ["closed", "dead", "dead-v9", "old-junk", "short"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "fastelect.live",
         "fastelect.young-junk",
