@@ -111,7 +111,11 @@ def test_sigkilled_owners_table_is_found_and_removed(name: str) -> None:
     try:
         assert path.exists()
         live = _by_name(table_gc.list_tables())[name]
-        assert (live.state, live.owner_pid, live.version) == ("live", owner.proc.pid, LAYOUT_VERSION)
+        assert (live.state, live.owner_pid, live.version) == (
+            "live",
+            owner.proc.pid,
+            LAYOUT_VERSION,
+        )
         assert name not in _by_name(table_gc.stale_tables())
         assert name not in _by_name(table_gc.remove_stale_tables())
         assert path.exists(), "a live owner's table was removed"
