@@ -8,7 +8,8 @@ cancellation of leader-only work.  It works on any asyncio loop.
 
 What is guaranteed (given storage with atomic conditional writes and clocks
 whose *rates* agree within the safety margin; wall clocks need not agree;
-the rules and their proofs are in ``docs/safety.md``):
+the rules and the tests that show them are in ``docs/safety.md#the-rules``,
+which every "rule N" in this module refers to):
 
 * at most one node answers ``is_leader() == True`` at any instant, even when
   two processes share a ``server_id`` or a restarted process meets its dead
@@ -829,7 +830,7 @@ class Elector:
                         extra=self._extra,
                     )
                     if name == "on_acquire" and args[0] == self._generation and self.is_leader():
-                        # Rule 8: a leader that cannot start its work hands the lock back.
+                        # Rule 9: a leader that cannot start its work hands the lock back.
                         self._release_requested = True
                         self._kick()
             finally:

@@ -109,6 +109,7 @@ _COUNTER_HELP = {
     "writes": "Conditional writes started.",
     "storage_errors": "Failed storage reads.",
     "conflicts": "Conditional writes that lost (HTTP 412/409).",
+    "duplicate_ids": "Other live processes seen writing under this node's server id.",
 }
 
 
