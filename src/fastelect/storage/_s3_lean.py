@@ -36,7 +36,7 @@ from yarl import URL
 
 from .base import MAX_OBJECT_SIZE
 
-__all__ = ["LeanResponse", "LeanS3", "LeanUnsupported", "parse_error_body"]
+__all__ = ["LeanResponse", "LeanS3", "LeanUnsupported", "S3ErrorAnswer", "parse_error_body"]
 
 #: Bytes of an error body read for its code (S3's are a few hundred).
 _ERROR_BODY_LIMIT = 16 * 1024
@@ -46,6 +46,15 @@ _URL_CACHE_SIZE = 1024
 
 class LeanUnsupported(Exception):
     """The client's configuration needs botocore's full pipeline (proxies, non-SigV4 auth...)."""
+
+
+class S3ErrorAnswer(Exception):
+    """An S3 error answer on the lean path: the cause a StorageError is raised from."""
+
+    def __init__(self, operation: str, status: int, code: str, message: str) -> None:
+        super().__init__(f"{operation}: HTTP {status} {code}: {message}")
+        #: HTTP status, S3 error code and message, as parsed.
+        self.status, self.code, self.message = status, code, message
 
 
 class LeanResponse:

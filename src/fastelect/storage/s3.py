@@ -47,7 +47,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.handlers import add_expect_header
 
 from ..errors import ConfigError
-from ._s3_lean import LeanS3, LeanUnsupported
+from ._s3_lean import LeanS3, LeanUnsupported, S3ErrorAnswer
 from .base import (
     MAX_OBJECT_SIZE,
     BucketNotFound,
@@ -261,9 +261,10 @@ class S3Storage:
             except _REQUEST_ERRORS as exc:
                 raise self._map_error(exc, "GetObject", full_key) from exc
             if answer.status >= 300:
+                cause = S3ErrorAnswer("GetObject", answer.status, answer.code, answer.message)
                 raise self._map_status(
                     answer.status, answer.code, answer.message, "GetObject", full_key
-                )
+                ) from cause
             return answer.body, self._etag(answer.etag, "GetObject", full_key)
         try:
             async with asyncio.timeout(self._timeout):
@@ -301,9 +302,10 @@ class S3Storage:
             except _REQUEST_ERRORS as exc:
                 raise self._map_error(exc, "PutObject", full_key) from exc
             if answer.status >= 300:
+                cause = S3ErrorAnswer("PutObject", answer.status, answer.code, answer.message)
                 raise self._map_status(
                     answer.status, answer.code, answer.message, "PutObject", full_key
-                )
+                ) from cause
             return self._etag(answer.etag, "PutObject", full_key)
         condition = {"IfNoneMatch": "*"} if etag == "" else {"IfMatch": etag}
         try:
