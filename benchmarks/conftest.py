@@ -1,7 +1,7 @@
 """Fixtures and the summary table for fastelect's benchmarks.
 
 Runs on its own (``pytest benchmarks``): the S3 benchmarks start their own
-moto server on loopback, like the test suite does, and the session's AWS
+moto and SeaweedFS servers on loopback, like the test suite does, and the session's AWS
 environment is dummy credentials only, so nothing can reach a real account.
 
 ``FASTELECT_BENCH_GATE=1`` selects CI's fast gate mode; see ``benchkit``.
@@ -57,7 +57,13 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 # The test suite's helpers own the moto launcher and the dummy AWS environment;
 # the benchmarks reuse them so both start S3 the same way.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import MotoServer, boto3_client, dummy_aws_environment  # noqa: E402
+from helpers import (  # noqa: E402
+    MotoServer,
+    SeaweedFSServer,
+    boto3_client,
+    dummy_aws_environment,
+    seaweedfs_binary_or_reason,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -78,6 +84,29 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         client = boto3_client("s3", server.url)
         try:
             client.create_bucket(Bucket=S3_BUCKET)
+        finally:
+            client.close()
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Endpoint URL of a real SeaweedFS S3 gateway on loopback with ``S3_BUCKET`` created.
+
+    A keep-alive server in Go, far cheaper per request than moto, in its own
+    process group: the client's CPU is measured against a realistic server.
+    """
+    binary, reason = seaweedfs_binary_or_reason()
+    if binary is None:
+        if reason.startswith("error:"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    with SeaweedFSServer(binary, tmp_path_factory.mktemp("seaweedfs")) as server:
+        client = server.client()
+        try:
+            client.create_bucket(Bucket=S3_BUCKET)
+            # The bucket's first PUT waits for volumes to be grown; pay it here.
+            client.put_object(Bucket=S3_BUCKET, Key="warm-up", Body=b"warm-up")
         finally:
             client.close()
         yield server.url
