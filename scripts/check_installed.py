@@ -1,6 +1,6 @@
 """Check that fastelect runs from an installed wheel the way users get it.
 
-    python scripts/check_installed.py [--no-compiler]
+    python scripts/check_installed.py [--no-cython] [--no-compiler]
 
 Run with the interpreter of the environment the wheel was installed into,
 from a directory that is not the source tree.  Fails (exit 1, one line per
@@ -10,9 +10,10 @@ problem) unless:
   site-packages, not from a source checkout;
 * the compiled core carries no debug sections (ELF ``.debug_*``), i.e. the
   wheel was stripped;
-* with ``--no-compiler``: Cython cannot be imported, and no C compiler is
-  reachable (``CC`` and the usual names on PATH fail to run), so nothing
-  the tests do could have rebuilt the core.
+* with ``--no-cython``: Cython cannot be imported;
+* with ``--no-compiler``: no C compiler is reachable either (``CC``,
+  ``CXX`` and the usual names on PATH fail to run), so nothing the tests
+  do could have rebuilt the core.
 
 On a free-threaded CPython it also reports whether importing the core kept
 the GIL disabled (it does only when the module declares it may).
@@ -89,8 +90,11 @@ def compiler_reachable() -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-cython", action="store_true", help="require that Cython is absent")
     parser.add_argument(
-        "--no-compiler", action="store_true", help="also require that Cython and cc are absent"
+        "--no-compiler",
+        action="store_true",
+        help="require that Cython and any C compiler are absent",
     )
     args = parser.parse_args()
     problems: list[str] = []
@@ -122,11 +126,12 @@ def main() -> int:
         state = "enabled" if is_gil_enabled is not None and is_gil_enabled() else "disabled"
         print(f"free-threaded interpreter: GIL {state} after importing the core")
 
-    if args.no_compiler:
+    if args.no_cython or args.no_compiler:
         if importlib.util.find_spec("Cython") is not None:
             problems.append("Cython is importable in the test environment")
         else:
             print("Cython: absent")
+    if args.no_compiler:
         compilers = compiler_reachable()
         if compilers:
             problems.append(f"a C compiler is reachable: {', '.join(compilers)}")
