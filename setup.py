@@ -15,6 +15,15 @@ DEBUG = os.environ.get("FASTELECT_DEBUG_BUILD", "") not in ("", "0")
 
 libraries = ["rt"] if sys.platform.startswith("linux") else []
 extra_compile_args = ["-O0", "-g3", "-UNDEBUG"] if DEBUG else ["-O2"]
+# Free threading: not declared (no "freethreading_compatible" directive), so a
+# free-threaded interpreter re-enables the GIL when it imports the core.  The
+# read path is ready -- is_leader() is an atomic load and a clock read, and
+# slot snapshots are copied under a seqlock with one writer thread per slot
+# -- but Campaign's Python-object fields (leader_id, etag, ...) are replaced
+# by the elector's thread without a critical section while status() reads
+# them from others through getters that take one: without the GIL that is a
+# use-after-free.  Declare it once every Campaign write of an object field
+# holds the same critical section (cython.critical_section).
 directives = {
     "language_level": "3",
     "boundscheck": DEBUG,

@@ -270,12 +270,15 @@ class S3Storage:
             async with asyncio.timeout(self._timeout):
                 response = await client.get_object(Bucket=self._bucket, Key=full_key)
                 # The context manager closes the body (and, if it was not read
-                # to the end, drops the connection) on every path.
-                async with response["Body"] as stream:
+                # to the end, drops the connection) on every path.  Read from
+                # the body itself: before aiobotocore 3.8, ``async with`` gave
+                # the raw aiohttp response, whose read() takes no size.
+                body = response["Body"]
+                async with body:
                     chunks: list[bytes] = []
                     size = 0
                     while size <= MAX_OBJECT_SIZE:
-                        chunk = await stream.read(MAX_OBJECT_SIZE + 1 - size)
+                        chunk = await body.read(MAX_OBJECT_SIZE + 1 - size)
                         if not chunk:
                             break
                         chunks.append(chunk)
