@@ -64,7 +64,9 @@ from fastelect.tls import CertificateAuthority
 
 PATH = "/health/leadership/cluster"
 CONNECTIONS = 32
-SECONDS = float(os.environ.get("FASTELECT_BENCH_SECONDS") or (3 if GATE else 10))
+# Gate mode: three short rounds, whose median the gate reads (one 3 s round
+# spread 0.7-1.2x of the reference ratio; see benchmarks/reference.json).
+SECONDS = float(os.environ.get("FASTELECT_BENCH_SECONDS") or (2 if GATE else 10))
 #: The c1 latency runs: half as long, in whole seconds (what wrk accepts).
 C1_SECONDS = float(max(1, round(SECONDS / 2)))
 HERE = Path(__file__).resolve().parent
@@ -489,7 +491,7 @@ def test_health_endpoint_throughput(benchmark: Any, servers: Servers) -> None:
         return figure
 
     ours_us, base_us, samples = paired(
-        benchmark, lambda: load("ours"), baselines, rounds=rounds(full=3, gate=1), warmup=0
+        benchmark, lambda: load("ours"), baselines, rounds=rounds(full=3, gate=3), warmup=0
     )
     for name, done in runs.items():
         for run in done:
@@ -574,7 +576,9 @@ def test_health_endpoint_throughput(benchmark: Any, servers: Servers) -> None:
             baseline=floor_us,
             baseline_name="bare granian, same flags, constant answer",
             target=0.95,
-            gated=have_wrk,
+            # Two granian servers: their ratio sits near 1 and swings 0.6-1.5x
+            # in gate mode's short runs, too wide to gate on; reported.
+            gated=False,
             samples=samples,
         ),
     )
