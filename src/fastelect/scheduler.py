@@ -8,27 +8,34 @@ each wake-up, asks every due
 short task.  Leaderships share pooled leadership tables (256 slots each)
 unless an elector brings its own ``table=``.
 
-Under overload the order is fixed (``docs/safety.md``, "Overload"):
+Under overload the order is fixed:
 
 1. due renewals (and releases) start first, always: they protect held leases;
 2. reads and peer checks next, within ``max_inflight`` steps in flight;
 3. campaigns (CREATE / TAKEOVER) last, and only while the process keeps up.
 
 The process "keeps up" while due work starts within ``lag_limit`` of its due
-time and this process's CPU over the last half second stays under
-``cpu_limit`` of one core.  When it does not, waiting polls and campaigns are
-*shed*: put back by one to two ``frequent_interval`` (jittered), counted in
-:attr:`Scheduler.stats` and reported by a rate-limited WARNING.  Shedding only
-delays a step, which the rules allow: a follower that reads later takes over
-later, never earlier (rule 1 counts from when a read's answer arrived), and a
-renewal's lease still counts from the moment its write begins (rule 2), so a
-late renewal never extends a lease.
+time and its load (the larger of its CPU share of one core and the driver's
+share of wall time, over half a second) stays under ``cpu_limit``.  When it
+does not, waiting polls and campaigns are *shed*: put back by one to two
+``frequent_interval`` (jittered), counted in :attr:`Scheduler.stats` and
+reported by a rate-limited WARNING.  Campaigns stop earlier, past
+``campaign_limit``: a won campaign is one more renewal every interval.
+Shedding only delays a step, which the rules allow: a follower that reads
+later takes over later, never earlier (rule 1 counts from when a read's
+answer arrived), and a renewal's lease still counts from the moment its
+write begins (rule 2), so a late renewal never extends a lease.
 
-What is not guaranteed: if the leaderships already held need more CPU than
-the process has, renewals run late in due order and leases whose renewal
-comes after their deadline are lost (``is_leader()`` turns False at the
-deadline either way).  The scheduler admits no new campaign while that
-happens, so the number held falls back to what the process can renew.
+If the leaderships already held need more than the process has, renewals
+run later every round and would all lapse together.  Once a due renewal is
+past three quarters of its slack (the time from its due moment to its
+lease's end) while the load stays over ``cpu_limit``, the newest quarter of
+the leaderships due in that turn step down instead (counted as
+``dropped_leaderships``; stepping down early is always safe), so the older
+ones keep being renewed.  What is not guaranteed: a process that
+is starved outright (stopped, or its loop blocked by other code for longer
+than the slack) loses its leases like any other; ``is_leader()`` still turns
+False at each deadline by itself.
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ class SchedulerStats:
     max_renew_lag_ns: int = 0
     #: Times the driver saw the process overloaded (one per wake-up that shed).
     overloaded_ticks: int = 0
+    #: Leaderships stepped down because renewals ran too late to keep them all.
+    dropped_leaderships: int = 0
 
     @property
     def shed(self) -> int:
@@ -102,7 +111,9 @@ class Scheduler:
     ``max_inflight``: reads and campaign writes in flight at once (renewals
     are never held back by it).  ``lag_limit``: seconds due work may wait
     before the process counts as overloaded.  ``cpu_limit``: fraction of one
-    core this process may use before campaigns and polls are shed.
+    core (or of the driver's wall time, whichever is higher) past which
+    campaigns and polls are shed.  ``campaign_limit``: the same fraction past
+    which no new campaign starts (a won campaign adds a renewal per interval).
     ``warn_interval``: least seconds between two overload warnings.
     ``resolution``: the driver wakes at most once per this many seconds and
     then starts everything due, so a step may start up to this late (a late
@@ -115,6 +126,7 @@ class Scheduler:
         max_inflight: int = 512,
         lag_limit: float = 0.1,
         cpu_limit: float = 0.9,
+        campaign_limit: float = 0.6,
         warn_interval: float = 10.0,
         resolution: float = 0.005,
         logger: logging.Logger | None = None,
@@ -134,9 +146,14 @@ class Scheduler:
             raise ConfigError("cpu_limit", f"must be a number, not {cpu_limit!r}")
         if not 0 < cpu_limit <= 1:
             raise ConfigError("cpu_limit", f"must be in (0, 1] (of one core), not {cpu_limit}")
+        if not isinstance(campaign_limit, int | float) or not 0 < campaign_limit <= cpu_limit:
+            raise ConfigError(
+                "campaign_limit", f"must be in (0, cpu_limit={cpu_limit}], not {campaign_limit!r}"
+            )
         self.max_inflight = max_inflight
         self.lag_limit_ns = int(lag_limit * _NS)
         self.cpu_limit = float(cpu_limit)
+        self.campaign_limit = float(campaign_limit)
         self.warn_interval_ns = int(warn_interval * _NS)
         self.resolution_ns = int(resolution * _NS)
         self._log = logger or logging.getLogger(__name__)
@@ -168,6 +185,9 @@ class Scheduler:
         self._slots_taken = 0
         self._last_warn_ns = 0
         self._shed_since_warn = 0
+        self._dropped_since_warn = 0
+        self._busy = 0.0  # the larger of CPU share and the driver's share of wall time
+        self._busy_ns = 0
 
     # -- public API ----------------------------------------------------------------
 
@@ -178,8 +198,8 @@ class Scheduler:
 
     @property
     def overloaded(self) -> bool:
-        """True if the last window's CPU use was over ``cpu_limit``."""
-        return self._cpu_busy > self.cpu_limit
+        """True if the last half second's load was over ``cpu_limit``."""
+        return self._busy > self.cpu_limit
 
     def close(self) -> None:
         """Unmap the pooled tables; only once every elector on them has stopped."""
@@ -326,6 +346,7 @@ class Scheduler:
             self._measure_cpu(now)
             lag = self._take_due(now)
             self._start_ready(now, lag)
+            self._busy_ns += _core.monotonic_ns() - now
             # Sleep until the next due step, the next sweep or a kick.
             wake = buckets[0] * resolution if buckets else now + _NS
             if self._inflight:
@@ -355,6 +376,7 @@ class Scheduler:
         ready = self._ready
         stats = self.stats
         lag = 0
+        renewals: list[Elector] = []
         bucket_heap = self._bucket_heap
         resolution = self.resolution_ns
         last = now // resolution
@@ -383,40 +405,88 @@ class Scheduler:
                 if c.role != _core.Role.STOPPED:
                     self._push(elector, c.next_at_ns)
                 continue
-            if action in (_RENEW, _RELEASE):
-                # A renewal's lease counts from its begin_write, inside the step:
-                # starting it late shortens nothing it already holds (rule 2).
-                late = now - c.next_at_ns
-                if late > stats.max_renew_lag_ns:
-                    stats.max_renew_lag_ns = late
+            if action == _RENEW:
+                renewals.append(elector)
+            elif action == _RELEASE:
                 stats.renewals += 1
                 self._start(elector, action, now)
             else:
                 ready.append((elector, action, now))
+        if renewals:
+            self._renew(renewals, now)
         return lag
+
+    def _renew(self, renewals: list[Elector], now: int) -> None:
+        """Start due renewals; if they run so late that leases are at risk, drop the newest.
+
+        A renewal's lease counts from its begin_write, inside the step, so
+        starting it late shortens nothing it already holds (rule 2).  But when
+        renewals alone outrun the process, every one of them runs later each
+        round until all leases lapse together.  Past three quarters of a
+        renewal's slack, while the process is over ``cpu_limit``, the youngest
+        quarter of the due leaderships step down instead (no write: stepping
+        down early is always safe), so the rest keep theirs.
+        """
+        stats = self.stats
+        danger = False
+        for elector in renewals:
+            c = elector._campaign
+            late = now - c.next_at_ns
+            if late > stats.max_renew_lag_ns:
+                stats.max_renew_lag_ns = late
+            if late * 4 > (c.deadline_ns - c.next_at_ns) * 3:
+                danger = True
+        # Only a sustained overload: a backlog left by one pause (a GC pass, a
+        # blocking call) clears within a turn or two and needs no sacrifice.
+        if danger and self._busy > self.cpu_limit and len(renewals) > 1:
+            renewals.sort(key=_leader_since)
+            keep = len(renewals) - max(1, len(renewals) // 4)
+            for elector in renewals[keep:]:
+                c = elector._campaign
+                c.step_down(now)
+                elector._dispatch(c.take_events())
+                self._push(elector, now + elector._frequent_ns)
+            dropped = len(renewals) - keep
+            stats.dropped_leaderships += dropped
+            self._warn(now, dropped_now=dropped)
+            renewals = renewals[:keep]
+        stats.renewals += len(renewals)
+        for elector in renewals:
+            self._start(elector, _RENEW, now)
 
     def _start_ready(self, now: int, lag: int) -> None:
         ready = self._ready
         if not ready:
             return
         stats = self.stats
-        overloaded = lag > self.lag_limit_ns or self._cpu_busy > self.cpu_limit
+        overloaded = lag > self.lag_limit_ns or self._busy > self.cpu_limit
         if not overloaded and now - ready[0][2] > self.lag_limit_ns:
             overloaded = True  # steps waited too long for room in flight
         if overloaded:
             self._shed(now)
             return
+        # A won campaign is a renewal every interval from then on: start new
+        # ones only with room to spare, or the leaderships held pay for them.
+        campaigns = self._busy < self.campaign_limit and lag * 4 <= self.lag_limit_ns
         room = self.max_inflight - self._inflight_other
+        held_back: list[tuple[Elector, int, int]] = []
         while ready and room > 0:
-            elector, action, _ = ready.popleft()
+            item = ready.popleft()
+            elector, action, _ = item
             if not self._waiting(elector):
                 continue
             if action in (_READ, _PEER_CHECK):
                 stats.reads += 1
+            elif not campaigns:
+                held_back.append(item)
+                continue
             else:
                 stats.campaigns += 1
             self._start(elector, action, now)
             room -= 1
+        if held_back:
+            ready.extendleft(reversed(held_back))
+            self._shed(now, campaigns_only=True)
 
     def _waiting(self, elector: Elector) -> bool:
         """True if a queued step of ``elector`` is still its next one."""
@@ -428,14 +498,19 @@ class Scheduler:
             and elector not in self._inflight
         )
 
-    def _shed(self, now: int) -> None:
-        """Put back every waiting poll and campaign by one to two of its intervals."""
+    def _shed(self, now: int, campaigns_only: bool = False) -> None:
+        """Put back every waiting campaign (and poll) by one to two of its intervals."""
         stats = self.stats
         shed = 0
         ready = self._ready
+        kept: list[tuple[Elector, int, int]] = []
         while ready:
-            elector, action, _ = ready.popleft()
+            item = ready.popleft()
+            elector, action, _ = item
             if not self._waiting(elector):
+                continue
+            if campaigns_only and action in (_READ, _PEER_CHECK):
+                kept.append(item)
                 continue
             if action in (_READ, _PEER_CHECK):
                 stats.shed_reads += 1
@@ -445,27 +520,39 @@ class Scheduler:
             # Jitter spreads the returning steps instead of bringing them back at once.
             back = int(elector._frequent_ns * (1.0 + random.random()))
             self._push(elector, now + back)
+        ready.extend(kept)
         if not shed:
             return
         stats.overloaded_ticks += 1
-        self._shed_since_warn += shed
-        if now - self._last_warn_ns >= self.warn_interval_ns or not self._last_warn_ns:
-            self._log.warning(
-                "fastelect scheduler overloaded (%d electors, cpu %.0f%% of a core, renewals "
-                "up to %.0f ms late): put back %d polls and campaigns; leaderships held are "
-                "renewed first",
-                len(self._active),
-                self._cpu_busy * 100,
-                stats.max_renew_lag_ns / 1e6,
-                self._shed_since_warn,
-                extra={
-                    "electors": len(self._active),
-                    "shed": self._shed_since_warn,
-                    "shed_total": stats.shed,
-                },
-            )
-            self._last_warn_ns = now
-            self._shed_since_warn = 0
+        self._warn(now, shed_now=shed)
+
+    def _warn(self, now: int, shed_now: int = 0, dropped_now: int = 0) -> None:
+        """One WARNING per ``warn_interval`` at most, with what was shed meanwhile."""
+        self._shed_since_warn += shed_now
+        self._dropped_since_warn += dropped_now
+        if self._last_warn_ns and now - self._last_warn_ns < self.warn_interval_ns:
+            return
+        stats = self.stats
+        self._log.warning(
+            "fastelect scheduler overloaded (%d electors, %.0f%% busy, renewals up to %.0f ms "
+            "late): put back %d polls and campaigns, stepped down from %d of the newest "
+            "leaderships; the others are renewed first",
+            len(self._active),
+            self._busy * 100,
+            stats.max_renew_lag_ns / 1e6,
+            self._shed_since_warn,
+            self._dropped_since_warn,
+            extra={
+                "electors": len(self._active),
+                "shed": self._shed_since_warn,
+                "dropped": self._dropped_since_warn,
+                "shed_total": stats.shed,
+                "dropped_total": stats.dropped_leaderships,
+            },
+        )
+        self._last_warn_ns = now
+        self._shed_since_warn = 0
+        self._dropped_since_warn = 0
 
     def _sweep(self, now: int) -> None:
         """Cancel steps that outlived their bound; the step reports a timeout."""
@@ -483,7 +570,11 @@ class Scheduler:
             return
         cpu_now = time.process_time_ns()
         if start:
+            # CPU share alone misses a process starved by its neighbours; the
+            # driver's share of wall time alone misses work done in step tasks.
             self._cpu_busy = (cpu_now - cpu) / (now - start)
+            self._busy = max(self._cpu_busy, self._busy_ns / (now - start))
+        self._busy_ns = 0
         self._cpu_mark = (now, cpu_now)
 
 
@@ -517,6 +608,10 @@ class _HandOff:
 
 async def _handed_off(coro: Coroutine[Any, Any, None], yielded: object) -> None:
     await _HandOff(coro, yielded)
+
+
+def _leader_since(elector: Elector) -> int:
+    return int(elector._campaign.leader_since_ns)
 
 
 def _set_done(waiter: asyncio.Future[None]) -> None:
