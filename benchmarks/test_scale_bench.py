@@ -26,14 +26,19 @@ average at each measurement is stored with the figures (``uptime``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from benchkit import GATE, Result, record
 from fastelect import Elector, ElectorConfig, MemoryStorage
@@ -169,24 +174,42 @@ async def _tracemalloc_per_election(n: int, f: float, t: float) -> float:
     return grown / n
 
 
+def _fleet_in_child(n: int, f: float, t: float, scheduled: bool) -> tuple[Fleet, int]:
+    """Run ``_fleet`` in a fresh interpreter: RSS deltas in a process that ran
+    other fleets before count reused heap as free.  Returns it and the shed count."""
+    args = [sys.executable, __file__, str(n), str(f), str(t), "1" if scheduled else "0"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, f"fleet child failed:\n{done.stderr[-4000:]}"
+    out = orjson.loads(done.stdout.strip().splitlines()[-1])
+    shed = out.pop("shed")
+    return Fleet(**out), shed
+
+
+def _child_main(argv: list[str]) -> None:
+    import uvloop
+
+    logging.basicConfig(level=logging.ERROR)
+    n, f, t, scheduled = int(argv[0]), float(argv[1]), float(argv[2]), argv[3] == "1"
+    scheduler = Scheduler() if scheduled else None
+    fleet = uvloop.run(_fleet(n, f, t, scheduler))
+    shed = scheduler.stats.shed if scheduler is not None else 0
+    print(orjson.dumps({**dataclasses.asdict(fleet), "shed": shed}).decode())
+
+
 def test_scale_memory_and_cpu(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None:
     """N scheduled elections all led: bytes per election and CPU per renew cycle."""
     logging.getLogger("fastelect").setLevel(logging.WARNING)
     figures: dict[str, Any] = {}
 
     def run() -> None:
-        # Ours first: a later fleet reuses the heap an earlier one freed, so
-        # the second RSS figure (the baseline's) is the flattered one.
-        scheduler = Scheduler()
-        ours = loop.run_until_complete(_fleet(N, F, T, scheduler))
-        baseline = loop.run_until_complete(_fleet(N_BASELINE, F, T, None))
+        # Each fleet in a process of its own (uvloop), one after the other.
+        ours, shed = _fleet_in_child(N, F, T, scheduled=True)
+        baseline, _ = _fleet_in_child(N_BASELINE, F, T, scheduled=False)
         traced = loop.run_until_complete(_tracemalloc_per_election(min(N, 5_000), F, T))
-        figures.update(ours=ours, baseline=baseline, traced=traced, stats=scheduler.stats)
-        scheduler.close()
+        figures.update(ours=ours, baseline=baseline, traced=traced, shed=shed)
 
     benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
     ours, baseline = figures["ours"], figures["baseline"]
-    stats = figures["stats"]
     assert ours.leaders == N, f"only {ours.leaders} of {N} scheduled elections led"
     assert baseline.leaders == N_BASELINE
     extra = {
@@ -198,7 +221,7 @@ def test_scale_memory_and_cpu(benchmark: Any, loop: asyncio.AbstractEventLoop) -
         "tracemalloc_bytes_per_election": round(figures["traced"]),
         "baseline_elections": N_BASELINE,
         "baseline_cpu_share": round(baseline.cpu_share, 3),
-        "shed_at_start": stats.shed,
+        "shed_at_start": figures["shed"],
         "load": ours.load,
         "note": (
             f"{N} elections at F={F:g}s: all led after {ours.led_after_s:.1f}s, "
@@ -375,3 +398,8 @@ def test_scale_overload(benchmark: Any, loop: asyncio.AbstractEventLoop) -> None
         assert at2.held_from_1x >= MIN_HELD_AT_2X / 2, (
             f"only {at2.held_from_1x:.1%} of the 1x leaderships survived 2x load: a collapse"
         )
+
+
+if __name__ == "__main__":
+    # The child of _fleet_in_child: python test_scale_bench.py N F T SCHEDULED
+    _child_main(sys.argv[1:])
