@@ -567,3 +567,24 @@ async def test_scheduled_electors_share_pooled_tables(tmp_path: Any) -> None:
     assert named._table is electors[-1]._table
     await storage.close()
     scheduler.close()
+
+
+async def test_the_scale_doc_example_runs_as_printed() -> None:
+    """docs/scale.md's example runs unchanged, leads every election and stops cleanly."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "scale.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S)
+    assert code is not None, "docs/scale.md has no python example"
+    done = subprocess.run(
+        [sys.executable, "-c", code.group(1)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "1000 elections led" in done.stdout, done.stdout
