@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     )
     from .health import HealthServer, HealthServerConfig
     from .record import LockRecord
+    from .scheduler import Scheduler, SchedulerStats
     from .storage import FileStorage, MemoryStorage, S3Storage, Storage
 
 __version__ = "0.1.0"
@@ -87,6 +88,8 @@ _LAZY: dict[str, str] = {
     "HealthServer": ".health",
     "HealthServerConfig": ".health",
     "LockRecord": ".record",
+    "Scheduler": ".scheduler",
+    "SchedulerStats": ".scheduler",
     "FileStorage": ".storage",
     "MemoryStorage": ".storage",
     "S3Storage": ".storage",
@@ -119,6 +122,8 @@ __all__ = [
     "PreconditionFailed",
     "RecordError",
     "S3Storage",
+    "Scheduler",
+    "SchedulerStats",
     "Storage",
     "StorageAuthError",
     "StorageError",

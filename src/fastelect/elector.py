@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Gener
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core
 from ._core import Action, Campaign, Event, LeadershipTable
@@ -56,6 +56,9 @@ from .errors import (
 from .peer import PeerChecker
 from .record import encode_record, parse_record
 from .storage.base import BucketNotFound, MinimalStorage, ObjectNotFound, Storage, as_storage
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 __all__ = ["Elector", "LeadershipLost", "LeadershipStatus"]
 
@@ -145,6 +148,12 @@ class Elector:
     default a private table of one slot; pass a named
     :class:`~fastelect.LeadershipTable` to share it with other processes.
     The elector does not own ``storage``; close it yourself after ``stop()``.
+
+    ``scheduler`` (a :class:`~fastelect.scheduler.Scheduler`) runs this
+    elector from the scheduler's one task and timer wheel instead of a task, timers
+    and events of its own, with renewals first under overload: the way to run
+    thousands of elections in one process.  Without ``table=`` its slot then
+    comes from the scheduler's pooled private tables.
     """
 
     def __init__(
@@ -155,15 +164,28 @@ class Elector:
         *,
         table: LeadershipTable | None = None,
         election: str = "default",
+        scheduler: Scheduler | None = None,
     ) -> None:
         if not isinstance(config, ElectorConfig):
             raise TypeError("config must be an ElectorConfig")
         storage = as_storage(storage)  # a get/put_if_match-only store gets the rest filled in
+        if scheduler is not None:
+            from .scheduler import Scheduler
+
+            if not isinstance(scheduler, Scheduler):
+                raise TypeError("scheduler must be a fastelect.scheduler.Scheduler")
         self._config = config.copy()
         self._storage = storage
         self._log = logger or logging.getLogger(__name__)
-        self._table = table if table is not None else LeadershipTable(slots=1)
-        self._slot = self._table.slot(election, config.server_id)
+        self._sched = scheduler
+        if table is not None:
+            self._table = table
+            self._slot = self._table.slot(election, config.server_id)
+        elif scheduler is not None:
+            self._table, self._slot = scheduler._new_slot(config.server_id)
+        else:
+            self._table = LeadershipTable(slots=1)
+            self._slot = self._table.slot(election, config.server_id)
         self.election = election
         # The hot path: a bound method of the compiled slot, no Python frame.
         self.is_leader: Callable[[], bool] = self._slot.is_leader  # type: ignore[method-assign]
@@ -202,6 +224,23 @@ class Elector:
         self._release_requested = False
         self._generation = 0
         self._last_error: BaseException | None = None
+        self._watchdog = 0
+        self._frequent_ns = 0
+        self._cache_timings()
+        # State the scheduler keeps per elector (unused without one).
+        self._sched_active = False
+        self._sched_bucket = -1
+        self._sched_task: asyncio.Task[None] | None = None
+        self._sched_kind = 0
+        self._sched_deadline = 0
+        self._sched_kicked = False
+        self._sched_expired = False
+        self._sched_op = False
+        self._sched_finished: asyncio.Future[None] | None = None
+        # Storages whose coroutines never look at the current task can be
+        # stepped by the scheduler itself, without a Task per step.
+        self._sched_inline = bool(getattr(storage, "inline_steps", False))
+        self._cycled = False
         if config.peer_mode:
             assert config.peer_ca_cert is not None
             self.enable_peer_mode(config.peer_ca_cert)
@@ -236,6 +275,8 @@ class Elector:
     @property
     def running(self) -> bool:
         """True between start() and stop()."""
+        if self._sched is not None:
+            return self._sched_active and not self._forked()
         return self._task is not None and not self._task.done() and not self._forked()
 
     def _forked(self) -> bool:
@@ -278,6 +319,9 @@ class Elector:
         if self.running:
             raise LifecycleError(f"elector {self._config.server_id!r} is already running")
         await self._storage.check()
+        if self._sched is not None:
+            self._start_scheduled()
+            return
         loop = asyncio.get_running_loop()
         self._kicked = False
         self._leading = asyncio.Event()
@@ -297,11 +341,35 @@ class Elector:
             "elector %s campaigning for %s", self._config.server_id, self._where, extra=self._extra
         )
 
+    def _start_scheduled(self) -> None:
+        # Events, the hooks queue and its task are made when first needed:
+        # most of 100,000 electors never need them.
+        assert self._sched is not None
+        self._kicked = False
+        self._leading = self._changed = self._first_cycle = None
+        self._hooks = None
+        self._cycled = False
+        self._stopping = False
+        self._release_requested = False
+        if self._campaign.role == _core.Role.STOPPED:
+            self._campaign.restart(_core.monotonic_ns())  # rule 0: a fresh nonce
+        self._sched._add(self)
+        self._sched_active = True
+        self._log.debug(
+            "elector %s campaigning for %s (scheduled)",
+            self._config.server_id,
+            self._where,
+            extra=self._extra,
+        )
+
     async def stop(self) -> None:
         """Stop campaigning; a leader releases its record so others take over at once.
 
         Runs ``on_lose`` if we were leading.  Safe to call twice.
         """
+        if self._sched is not None:
+            await self._stop_scheduled()
+            return
         task = self._task
         if task is None:
             return
@@ -321,6 +389,26 @@ class Elector:
                 await task
         except Exception:
             self._log.exception("elector loop failed", extra=self._extra)
+        await self._finish_stop()
+        self._task = None
+        self._log.info("elector %s stopped", self._config.server_id, extra=self._extra)
+
+    async def _stop_scheduled(self) -> None:
+        assert self._sched is not None
+        if not self._sched_active:
+            return
+        self._sched_active = False
+        if self._forked():
+            return  # the campaign belongs to the parent (see stop())
+        self._stopping = True
+        bound = float(self._config.storage_timeout) + 1.0  # type: ignore[arg-type]
+        await self._sched._remove(self, bound)
+        await self._finish_stop()
+        self._hooks = None
+        self._log.debug("elector %s stopped", self._config.server_id, extra=self._extra)
+
+    async def _finish_stop(self) -> None:
+        # The leader hands its record back, then on_lose runs (rule 9).
         c = self._campaign
         if c.begin_release(_core.monotonic_ns()):
             self._dispatch(c.take_events())
@@ -332,8 +420,6 @@ class Elector:
             if peer is not None:
                 await peer.close()
         self._retired_peers.clear()
-        self._task = None
-        self._log.info("elector %s stopped", self._config.server_id, extra=self._extra)
 
     async def __aenter__(self) -> Elector:
         await self.start()
@@ -350,6 +436,8 @@ class Elector:
     async def wait_for_leadership(self) -> None:
         """Return once this node leads (at once if it already does)."""
         while not self.is_leader():
+            if self._leading is None and self._sched is not None and self.running:
+                self._leading = asyncio.Event()
             if not self.running or self._leading is None:
                 raise LifecycleError("elector is not running")
             await self._leading.wait()
@@ -358,6 +446,10 @@ class Elector:
 
     async def wait_for_election(self) -> LeadershipStatus:
         """Return once the first election cycle completed (leader or follower known)."""
+        if self._first_cycle is None and self._sched is not None and self.running:
+            self._first_cycle = asyncio.Event()
+            if self._cycled:
+                self._first_cycle.set()
         if self._first_cycle is None:
             raise LifecycleError("elector is not running")
         await self._first_cycle.wait()
@@ -372,6 +464,8 @@ class Elector:
         term or our role already differ from it.
         """
         while True:
+            if self._changed is None and self._sched is not None and self.running:
+                self._changed = asyncio.Event()
             if self._changed is None:
                 raise LifecycleError("elector is not running")
             changed = self._changed
@@ -418,7 +512,19 @@ class Elector:
             self._config = new
             self.enable_peer_mode(new.peer_ca_cert)
         self._config = new
+        self._cache_timings()
         self._kick()
+
+    def _cache_timings(self) -> None:
+        # Read on every step; computing them from the config each time costs more.
+        cfg = self._config
+        self._watchdog = (
+            cfg.ns("infrequent_interval")
+            + cfg.ns("leader_timeout")
+            + cfg.ns("storage_timeout")
+            + cfg.ns("peer_timeout")
+        )
+        self._frequent_ns = cfg.ns("frequent_interval")
 
     # -- leader-scoped work --------------------------------------------------------
 
@@ -434,6 +540,9 @@ class Elector:
         assert task is not None
         generation = self._generation
         self._scoped.add(task)
+        if self._expiry is None and self._campaign.role == _core.Role.LEADER:
+            # Scheduled electors arm the lease timer only while work depends on it.
+            self._arm_expiry(self._campaign.deadline_ns)
         try:
             if generation != self._generation or not self.is_leader():
                 raise LeadershipLost("leadership ended before the block started")
@@ -511,6 +620,9 @@ class Elector:
     # -- the loop ------------------------------------------------------------------
 
     def _kick(self) -> None:
+        if self._sched is not None:
+            self._sched._kick(self)
+            return
         self._kicked = True
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -518,13 +630,7 @@ class Elector:
 
     @property
     def _watchdog_ns(self) -> int:
-        cfg = self._config
-        return (
-            cfg.ns("infrequent_interval")
-            + cfg.ns("leader_timeout")
-            + cfg.ns("storage_timeout")
-            + cfg.ns("peer_timeout")
-        )
+        return self._watchdog
 
     async def _run(self) -> None:
         c = self._campaign
@@ -572,6 +678,55 @@ class Elector:
             self._waiter = None
             self._kicked = False
 
+    async def _sched_step(self, action: int) -> None:
+        """One step the scheduler started: the body of one turn of ``_run``."""
+        c = self._campaign
+        self._sched_op = True
+        try:
+            if action == Action.READ:
+                await self._read()
+            elif action == Action.PEER_CHECK:
+                await self._peer_check()
+            else:
+                await self._write()
+        except asyncio.CancelledError:
+            if not self._op_expired():
+                raise
+            # Only a peer check lets the scheduler's bound reach this far.
+            c.observe_peer(_core.monotonic_ns(), False)
+        except Exception:
+            self._log.exception("elector step failed", extra=self._extra)
+        finally:
+            self._sched_op = False
+            self._sched_expired = False
+            events = c.take_events()
+            if events:
+                self._dispatch(events)
+            assert self._sched is not None
+            self._sched._op_done(self)
+
+    def _step_bound_ns(self, action: int, now: int) -> int:
+        """How long the scheduler lets one step run before cancelling it."""
+        cfg = self._config
+        if action == Action.PEER_CHECK:
+            return cfg.ns("peer_timeout") + cfg.ns("storage_timeout")
+        bound = cfg.ns("storage_timeout")
+        c = self._campaign
+        if c.role == _core.Role.LEADER:
+            # A write that answers after the lease is worthless; stop waiting then.
+            bound = max(1_000_000, min(bound, c.deadline_ns - now))
+        return bound
+
+    def _op_expired(self) -> bool:
+        """True (once) if the scheduler cancelled this step for outliving its bound."""
+        if not self._sched_expired:
+            return False
+        self._sched_expired = False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        return True
+
     def _op_timeout(self) -> float:
         timeout = float(self._config.storage_timeout)  # type: ignore[arg-type]
         c = self._campaign
@@ -585,8 +740,16 @@ class Elector:
         c = self._campaign
         key = self._config.lockfile_path
         try:
-            async with asyncio.timeout(self._op_timeout()):
-                body, etag = await self._storage.get(key)
+            try:
+                if self._sched_op:  # the scheduler bounds the step (one sweep, no timer)
+                    body, etag = await self._storage.get(key)
+                else:
+                    async with asyncio.timeout(self._op_timeout()):
+                        body, etag = await self._storage.get(key)
+            except asyncio.CancelledError:
+                if not self._op_expired():
+                    raise
+                raise TimeoutError(f"read of {self._where} outlived its bound") from None
         except ObjectNotFound:
             c.observe_missing(_core.monotonic_ns())
             return
@@ -643,8 +806,16 @@ class Elector:
             c.nonce,
         )
         try:
-            async with asyncio.timeout(self._op_timeout()):
-                etag = await self._storage.put_if_match(cfg.lockfile_path, body, if_match)
+            try:
+                if self._sched_op:
+                    etag = await self._storage.put_if_match(cfg.lockfile_path, body, if_match)
+                else:
+                    async with asyncio.timeout(self._op_timeout()):
+                        etag = await self._storage.put_if_match(cfg.lockfile_path, body, if_match)
+            except asyncio.CancelledError:
+                if not self._op_expired():
+                    raise
+                raise TimeoutError(f"write of {self._where} outlived its bound") from None
         except PreconditionFailed:
             self._log.debug(
                 "conditional %s of %s lost (term %d)",
@@ -711,8 +882,10 @@ class Elector:
         c = self._campaign
         if events & Event.EV_DUPLICATE_ID:
             self._report_duplicate(c.duplicate_nonce)
-        if events & Event.EV_CYCLE and self._first_cycle is not None:
-            self._first_cycle.set()
+        if events & Event.EV_CYCLE:
+            self._cycled = True
+            if self._first_cycle is not None:
+                self._first_cycle.set()
         if events & Event.EV_LOST:
             self._generation += 1
             self._cancel_expiry()
@@ -739,7 +912,9 @@ class Elector:
             if self._leading is not None:
                 self._leading.set()
             self._enqueue("on_acquire", self._config.on_acquire, generation=self._generation)
-        if c.role == _core.Role.LEADER:
+        if c.role == _core.Role.LEADER and (
+            self._sched is None or self._scoped or self._leading is not None
+        ):
             self._arm_expiry(c.deadline_ns)
         if events & Event.EV_NEW_LEADER:
             self._log.debug("leader of %s is now %r", self._where, c.leader_id, extra=self._extra)
@@ -748,7 +923,7 @@ class Elector:
         if events & changes and self._changed is not None:
             # Wake every waiter of this change; later waiters wait for the next one.
             self._changed.set()
-            self._changed = asyncio.Event()
+            self._changed = asyncio.Event() if self._sched is None else None
 
     def _report_duplicate(self, nonce: str) -> None:
         if nonce in self._clashes_reported:
@@ -805,7 +980,13 @@ class Elector:
         generation: int | None = None,
     ) -> None:
         if self._hooks is None:
-            return
+            if self._sched is None or hook is None or self._forked():
+                return
+            # Scheduled electors make their hooks queue and task on first use.
+            self._hooks = asyncio.Queue()
+            self._hooks_task = asyncio.get_running_loop().create_task(
+                self._run_hooks(), name=f"fastelect-hooks-{self.election}"
+            )
         if name == "on_acquire":
             args = (generation,)
         self._hooks.put_nowait((name, hook, args))

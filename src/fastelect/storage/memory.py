@@ -26,6 +26,10 @@ class MemoryStorage:
     written twice never share an etag. ``stats`` counts requests.
     """
 
+    #: Its coroutines never look at the current task, so a
+    #: :class:`~fastelect.scheduler.Scheduler` may step them without a Task each.
+    inline_steps = True
+
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, str]] = {}
         # The random prefix keeps etags from two instances (or two test runs)
@@ -64,7 +68,9 @@ class MemoryStorage:
         elif current[1] != etag:
             raise PreconditionFailed(f"{self.describe(key)} changed since etag {etag}")
         new_etag = f'"{self._etag_prefix}-{next(self._counter)}"'
-        self._objects[key] = (bytes(body), new_etag)
+        # An exact-size copy: orjson's bytes keep a 4 KiB buffer behind ~200 bytes,
+        # which would cost every stored record 20 times its size.
+        self._objects[key] = (bytes(memoryview(body)), new_etag)
         return new_etag
 
     async def check(self) -> None:

@@ -1,0 +1,619 @@
+"""One task and one timer wheel driving many electors on one event loop, renewals first.
+
+An :class:`~fastelect.Elector` built with ``scheduler=`` owns no task, timer
+or event of its own: the :class:`Scheduler` keeps one timer wheel (due times
+rounded to ``resolution``) for all its electors and one driver task that, at
+each wake-up, asks every due
+:class:`~fastelect._core.Campaign` what it needs and starts that step as a
+short task.  Leaderships share pooled leadership tables (256 slots each)
+unless an elector brings its own ``table=``.
+
+Under overload the order is fixed:
+
+1. due renewals (and releases) start first, always: they protect held leases;
+2. reads and peer checks next, within ``max_inflight`` steps in flight;
+3. campaigns (CREATE / TAKEOVER) last, and only while the process keeps up.
+
+The process "keeps up" while due work starts within ``lag_limit`` of its due
+time and its load (the larger of its CPU share of one core and the driver's
+share of wall time, over half a second) stays under ``cpu_limit``.  When it
+does not, waiting polls and campaigns are *shed*: put back by one to two
+``frequent_interval`` (jittered), counted in :attr:`Scheduler.stats` and
+reported by a rate-limited WARNING.  Campaigns stop earlier, past
+``campaign_limit``: a won campaign is one more renewal every interval.
+Shedding only delays a step, which the rules allow: a follower that reads
+later takes over later, never earlier (rule 1 counts from when a read's
+answer arrived), and a renewal's lease still counts from the moment its
+write begins (rule 2), so a late renewal never extends a lease.
+
+If the leaderships already held need more than the process has, renewals
+run later every round and would all lapse together.  Once a due renewal is
+past three quarters of its slack (the time from its due moment to its
+lease's end) while the load stays over ``cpu_limit``, the newest quarter of
+the leaderships due in that turn step down instead (counted as
+``dropped_leaderships``; stepping down early is always safe), so the older
+ones keep being renewed.  What is not guaranteed: a process that
+is starved outright (stopped, or its loop blocked by other code for longer
+than the slack) loses its leases like any other; ``is_leader()`` still turns
+False at each deadline by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Coroutine, Generator
+from dataclasses import dataclass
+from heapq import heappop, heappush
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+from ._core import Action, LeadershipTable, Slot
+from .errors import ConfigError, LifecycleError
+
+if TYPE_CHECKING:
+    from .elector import Elector
+
+__all__ = ["Scheduler", "SchedulerStats"]
+
+_NS = 1_000_000_000
+_RENEW = int(Action.RENEW)
+_RELEASE = int(Action.RELEASE)
+_READ = int(Action.READ)
+_PEER_CHECK = int(Action.PEER_CHECK)
+_WAIT = int(Action.WAIT)
+#: How often in-flight steps are checked against their time bound.
+_SWEEP_NS = 50_000_000
+#: CPU use is measured over windows of this length.
+_CPU_WINDOW_NS = 500_000_000
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """Counters of a :class:`Scheduler` since it was made (for metrics and tests)."""
+
+    #: Renewal and release writes started.
+    renewals: int = 0
+    #: Reads and peer checks started.
+    reads: int = 0
+    #: Campaign writes (CREATE / TAKEOVER) started.
+    campaigns: int = 0
+    #: Reads and peer checks put back because the process was overloaded.
+    shed_reads: int = 0
+    #: Campaign writes put back because the process was overloaded.
+    shed_campaigns: int = 0
+    #: Steps cancelled because they outlived their bound (storage timeout or lease).
+    timeouts: int = 0
+    #: Largest delay (ns) between a renewal falling due and its write starting.
+    max_renew_lag_ns: int = 0
+    #: Times the driver saw the process overloaded (one per wake-up that shed).
+    overloaded_ticks: int = 0
+    #: Leaderships stepped down because renewals ran too late to keep them all.
+    dropped_leaderships: int = 0
+
+    @property
+    def shed(self) -> int:
+        """Steps put back under overload (reads plus campaigns)."""
+        return self.shed_reads + self.shed_campaigns
+
+
+class Scheduler:
+    """Drives many :class:`~fastelect.Elector` objects from one task on one loop.
+
+    Pass it as ``Elector(config, storage, scheduler=scheduler)``; everything
+    else about the elector (``is_leader()``, ``leadership()``, hooks,
+    ``stop()`` releasing, peer mode) works as without it.  A scheduler binds
+    to the event loop of the first elector started on it.
+
+    ``max_inflight``: reads and campaign writes in flight at once (renewals
+    are never held back by it).  ``lag_limit``: seconds due work may wait
+    before the process counts as overloaded.  ``cpu_limit``: fraction of one
+    core (or of the driver's wall time, whichever is higher) past which
+    campaigns and polls are shed.  ``campaign_limit``: the same fraction past
+    which no new campaign starts (a won campaign adds a renewal per interval).
+    ``warn_interval``: least seconds between two overload warnings.
+    ``resolution``: the driver wakes at most once per this many seconds and
+    then starts everything due, so a step may start up to this late (a late
+    step is always safe: a renewal's lease counts from when it begins).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_inflight: int = 512,
+        lag_limit: float = 0.1,
+        cpu_limit: float = 0.9,
+        campaign_limit: float = 0.6,
+        warn_interval: float = 10.0,
+        resolution: float = 0.005,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        if not isinstance(max_inflight, int) or isinstance(max_inflight, bool):
+            raise ConfigError("max_inflight", f"must be an integer, not {max_inflight!r}")
+        if max_inflight < 1:
+            raise ConfigError("max_inflight", f"must be at least 1, not {max_inflight}")
+        for name, value in (
+            ("lag_limit", lag_limit),
+            ("warn_interval", warn_interval),
+            ("resolution", resolution),
+        ):
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(name, f"must be a positive number of seconds, not {value!r}")
+        if not isinstance(cpu_limit, int | float) or isinstance(cpu_limit, bool):
+            raise ConfigError("cpu_limit", f"must be a number, not {cpu_limit!r}")
+        if not 0 < cpu_limit <= 1:
+            raise ConfigError("cpu_limit", f"must be in (0, 1] (of one core), not {cpu_limit}")
+        if not isinstance(campaign_limit, int | float) or not 0 < campaign_limit <= cpu_limit:
+            raise ConfigError(
+                "campaign_limit", f"must be in (0, cpu_limit={cpu_limit}], not {campaign_limit!r}"
+            )
+        self.max_inflight = max_inflight
+        self.lag_limit_ns = int(lag_limit * _NS)
+        self.cpu_limit = float(cpu_limit)
+        self.campaign_limit = float(campaign_limit)
+        self.warn_interval_ns = int(warn_interval * _NS)
+        self.resolution_ns = int(resolution * _NS)
+        self._log = logger or logging.getLogger(__name__)
+        #: Counters since the scheduler was made.
+        self.stats = SchedulerStats()
+        # The timer wheel: bucket number (due_ns // resolution) -> electors due
+        # then, and a heap of the bucket numbers in use.  An entry counts only
+        # while it names the elector's current bucket (``_sched_bucket``), so
+        # re-scheduling leaves the old entry behind instead of searching for it.
+        self._buckets: dict[int, list[Elector]] = {}
+        self._bucket_heap: list[int] = []
+        self._cursor = 0  # the first bucket not yet served
+        self._active: set[Elector] = set()
+        self._inflight: set[Elector] = set()
+        self._inflight_other = 0
+        # Due steps waiting for room under max_inflight, oldest first.
+        self._ready: deque[tuple[Elector, int, int]] = deque()
+        # Inline steps that yielded to the loop once (asyncio.sleep(0)): resumed
+        # by the driver at its next turn, as a Task would be, without being one.
+        self._resume: list[tuple[Elector, Coroutine[Any, Any, None]]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._wake_at = 0
+        self._next_sweep = 0
+        self._cpu_mark = (0, 0)
+        self._cpu_busy = 0.0
+        self._tables: list[LeadershipTable] = []
+        self._slots_taken = 0
+        self._last_warn_ns = 0
+        self._shed_since_warn = 0
+        self._dropped_since_warn = 0
+        self._busy = 0.0  # the larger of CPU share and the driver's share of wall time
+        self._busy_ns = 0
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def electors(self) -> int:
+        """Electors running on this scheduler now."""
+        return len(self._active)
+
+    @property
+    def overloaded(self) -> bool:
+        """True if the last half second's load was over ``cpu_limit``."""
+        return self._busy > self.cpu_limit
+
+    def close(self) -> None:
+        """Unmap the pooled tables; only once every elector on them has stopped."""
+        if self._active:
+            raise LifecycleError(f"{len(self._active)} electors still run on this scheduler")
+        for table in self._tables:
+            table.close()
+        self._tables.clear()
+
+    # -- what Elector calls ----------------------------------------------------------
+
+    def _new_slot(self, server_id: str) -> tuple[LeadershipTable, Slot]:
+        """A slot in a pooled private table (one 256-slot table per 256 electors)."""
+        index = self._slots_taken % 256
+        if index == 0:
+            self._tables.append(LeadershipTable(slots=256))
+        self._slots_taken += 1
+        table = self._tables[-1]
+        # Private, unnamed tables: the name only has to be unique inside one.
+        return table, table.slot(f"s{index}", server_id)
+
+    def _add(self, elector: Elector) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is None or self._loop.is_closed():
+            self._loop = loop
+        elif self._loop is not loop:
+            raise LifecycleError("a Scheduler drives electors of one event loop only")
+        self._active.add(elector)
+        self._push(elector, _core.monotonic_ns())
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drive(), name="fastelect-scheduler")
+
+    async def _remove(self, elector: Elector, bound: float) -> None:
+        """Take ``elector`` off the wheel; wait up to ``bound`` s for its step in flight."""
+        self._active.discard(elector)
+        elector._sched_bucket = -1
+        if elector not in self._inflight:
+            return
+        assert self._loop is not None
+        finished = elector._sched_finished = self._loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(finished), bound)
+        except TimeoutError:
+            task = elector._sched_task
+            if task is not None:
+                task.cancel()
+                await asyncio.wait({task})
+        finally:
+            elector._sched_finished = None
+
+    def _kick(self, elector: Elector) -> None:
+        """Look at ``elector``'s campaign again now (stop, release, new config, expiry)."""
+        if elector not in self._active:
+            return
+        if elector in self._inflight:
+            elector._sched_kicked = True  # re-queued at once when its step ends
+            return
+        self._push(elector, 0)
+
+    # -- the wheel -----------------------------------------------------------------
+
+    def _push(self, elector: Elector, due_ns: int) -> None:
+        bucket = due_ns // self.resolution_ns
+        if bucket < self._cursor:
+            bucket = self._cursor  # already past: the next turn serves it
+        elector._sched_bucket = bucket
+        entries = self._buckets.get(bucket)
+        if entries is None:
+            self._buckets[bucket] = [elector]
+            heappush(self._bucket_heap, bucket)
+            if bucket * self.resolution_ns < self._wake_at:
+                self._wake()
+        else:
+            entries.append(elector)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._wake_at = 0
+
+    def _op_done(self, elector: Elector) -> None:
+        """A step ended (its last act): schedule the elector's next one."""
+        self._inflight.discard(elector)
+        elector._sched_task = None
+        finished = elector._sched_finished
+        if finished is not None and not finished.done():
+            finished.set_result(None)
+        if elector._sched_kind != _RENEW:
+            self._inflight_other -= 1
+            if self._ready:
+                self._wake()
+        if elector in self._active:
+            kicked, elector._sched_kicked = elector._sched_kicked, False
+            self._push(elector, 0 if kicked else elector._campaign.next_at_ns)
+
+    def _start(self, elector: Elector, action: int, now: int) -> None:
+        elector._sched_kind = _RENEW if action in (_RENEW, _RELEASE) else action
+        if elector._sched_kind != _RENEW:
+            self._inflight_other += 1
+        self._inflight.add(elector)
+        if elector._sched_inline:
+            self._step(elector, elector._sched_step(action), None)
+            return
+        elector._sched_deadline = now + elector._step_bound_ns(action, now)
+        assert self._loop is not None
+        elector._sched_task = self._loop.create_task(elector._sched_step(action))
+
+    def _step(self, elector: Elector, coro: Coroutine[Any, Any, None], value: None) -> None:
+        """Run an inline step until it yields; a Task costs more than the whole step.
+
+        Only for storages that declare ``inline_steps`` (their coroutines never
+        look at the current task).  A bare yield (``asyncio.sleep(0)``) is
+        resumed at the driver's next turn; a step that waits on a future is
+        handed to a Task of its own from there on.
+        """
+        try:
+            yielded = coro.send(value)
+        except StopIteration:
+            return  # the step's own ``finally`` already called _op_done
+        if yielded is None:
+            self._resume.append((elector, coro))
+            return
+        assert self._loop is not None
+        elector._sched_deadline = _core.monotonic_ns() + elector._step_bound_ns(
+            elector._sched_kind, _core.monotonic_ns()
+        )
+        elector._sched_task = self._loop.create_task(_handed_off(coro, yielded))
+
+    # -- the driver ----------------------------------------------------------------
+
+    async def _drive(self) -> None:
+        loop = asyncio.get_running_loop()
+        buckets = self._bucket_heap
+        resolution = self.resolution_ns
+        while self._active or self._inflight:
+            if self._resume:
+                resume, self._resume = self._resume, []
+                for elector, coro in resume:
+                    self._step(elector, coro, None)
+            now = _core.monotonic_ns()
+            if self._inflight and now >= self._next_sweep:
+                self._sweep(now)
+            self._measure_cpu(now)
+            lag = self._take_due(now)
+            self._start_ready(now, lag)
+            self._busy_ns += _core.monotonic_ns() - now
+            # Sleep until the next due step, the next sweep or a kick.
+            wake = buckets[0] * resolution if buckets else now + _NS
+            if self._inflight:
+                wake = min(wake, self._next_sweep)
+            if self._resume or (self._ready and self._inflight_other < self.max_inflight):
+                wake = now  # steps to resume, or room freed meanwhile: go round again
+            if wake <= now:
+                self._wake_at = 0
+                await asyncio.sleep(0)
+                continue
+            # One wake-up per resolution serves every step due by then: a timer
+            # and a loop turn per step would cost more than the steps.
+            wake = max(wake, now + self.resolution_ns)
+            waiter = self._waiter = loop.create_future()
+            self._wake_at = wake
+            timer = loop.call_at(loop.time() + (wake - now) / _NS, _set_done, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+                self._wake_at = 0
+        self._task = None
+
+    def _take_due(self, now: int) -> int:
+        """Pop every due entry; start renewals, queue the rest; return the worst lag."""
+        ready = self._ready
+        stats = self.stats
+        lag = 0
+        renewals: list[Elector] = []
+        bucket_heap = self._bucket_heap
+        resolution = self.resolution_ns
+        last = now // resolution
+        self._cursor = last + 1
+        if bucket_heap and bucket_heap[0] <= last:
+            # How late this turn serves its oldest bucket: the process's lag.
+            lag = max(0, now - (bucket_heap[0] + 1) * resolution)
+        due: list[Elector] = []
+        while bucket_heap and bucket_heap[0] <= last:
+            bucket = heappop(bucket_heap)
+            due += [e for e in self._buckets.pop(bucket) if e._sched_bucket == bucket]
+        for elector in due:
+            if elector._sched_bucket < 0 or elector._stopping:
+                continue  # listed twice (kicked), or stopped meanwhile
+            elector._sched_bucket = -1
+            c = elector._campaign
+            if elector._release_requested:
+                elector._release_requested = False
+                c.begin_release(now)
+            action = c.poll(now)
+            events = c.take_events()
+            if events:
+                elector._dispatch(events)
+            elector._slot.heartbeat(now, elector._watchdog)
+            if action == _WAIT:
+                if c.role != _core.Role.STOPPED:
+                    self._push(elector, c.next_at_ns)
+                continue
+            if action == _RENEW:
+                renewals.append(elector)
+            elif action == _RELEASE:
+                stats.renewals += 1
+                self._start(elector, action, now)
+            else:
+                ready.append((elector, action, now))
+        if renewals:
+            self._renew(renewals, now)
+        return lag
+
+    def _renew(self, renewals: list[Elector], now: int) -> None:
+        """Start due renewals; if they run so late that leases are at risk, drop the newest.
+
+        A renewal's lease counts from its begin_write, inside the step, so
+        starting it late shortens nothing it already holds (rule 2).  But when
+        renewals alone outrun the process, every one of them runs later each
+        round until all leases lapse together.  Past three quarters of a
+        renewal's slack, while the process is over ``cpu_limit``, the youngest
+        quarter of the due leaderships step down instead (no write: stepping
+        down early is always safe), so the rest keep theirs.
+        """
+        stats = self.stats
+        danger = False
+        for elector in renewals:
+            c = elector._campaign
+            late = now - c.next_at_ns
+            if late > stats.max_renew_lag_ns:
+                stats.max_renew_lag_ns = late
+            if late * 4 > (c.deadline_ns - c.next_at_ns) * 3:
+                danger = True
+        # Only a sustained overload: a backlog left by one pause (a GC pass, a
+        # blocking call) clears within a turn or two and needs no sacrifice.
+        if danger and self._busy > self.cpu_limit and len(renewals) > 1:
+            renewals.sort(key=_leader_since)
+            keep = len(renewals) - max(1, len(renewals) // 4)
+            for elector in renewals[keep:]:
+                c = elector._campaign
+                c.step_down(now)
+                elector._dispatch(c.take_events())
+                self._push(elector, now + elector._frequent_ns)
+            dropped = len(renewals) - keep
+            stats.dropped_leaderships += dropped
+            self._warn(now, dropped_now=dropped)
+            renewals = renewals[:keep]
+        stats.renewals += len(renewals)
+        for elector in renewals:
+            self._start(elector, _RENEW, now)
+
+    def _start_ready(self, now: int, lag: int) -> None:
+        ready = self._ready
+        if not ready:
+            return
+        stats = self.stats
+        overloaded = lag > self.lag_limit_ns or self._busy > self.cpu_limit
+        if not overloaded and now - ready[0][2] > self.lag_limit_ns:
+            overloaded = True  # steps waited too long for room in flight
+        if overloaded:
+            self._shed(now)
+            return
+        # A won campaign is a renewal every interval from then on: start new
+        # ones only with room to spare, or the leaderships held pay for them.
+        campaigns = self._busy < self.campaign_limit and lag * 4 <= self.lag_limit_ns
+        room = self.max_inflight - self._inflight_other
+        held_back: list[tuple[Elector, int, int]] = []
+        while ready and room > 0:
+            item = ready.popleft()
+            elector, action, _ = item
+            if not self._waiting(elector):
+                continue
+            if action in (_READ, _PEER_CHECK):
+                stats.reads += 1
+            elif not campaigns:
+                held_back.append(item)
+                continue
+            else:
+                stats.campaigns += 1
+            self._start(elector, action, now)
+            room -= 1
+        if held_back:
+            ready.extendleft(reversed(held_back))
+            self._shed(now, campaigns_only=True)
+
+    def _waiting(self, elector: Elector) -> bool:
+        """True if a queued step of ``elector`` is still its next one."""
+        # A kick while queued put it back on the wheel; that entry now decides.
+        return (
+            elector._sched_bucket < 0
+            and not elector._stopping
+            and elector in self._active
+            and elector not in self._inflight
+        )
+
+    def _shed(self, now: int, campaigns_only: bool = False) -> None:
+        """Put back every waiting campaign (and poll) by one to two of its intervals."""
+        stats = self.stats
+        shed = 0
+        ready = self._ready
+        kept: list[tuple[Elector, int, int]] = []
+        while ready:
+            item = ready.popleft()
+            elector, action, _ = item
+            if not self._waiting(elector):
+                continue
+            if campaigns_only and action in (_READ, _PEER_CHECK):
+                kept.append(item)
+                continue
+            if action in (_READ, _PEER_CHECK):
+                stats.shed_reads += 1
+            else:
+                stats.shed_campaigns += 1
+            shed += 1
+            # Jitter spreads the returning steps instead of bringing them back at once.
+            back = int(elector._frequent_ns * (1.0 + random.random()))
+            self._push(elector, now + back)
+        ready.extend(kept)
+        if not shed:
+            return
+        stats.overloaded_ticks += 1
+        self._warn(now, shed_now=shed)
+
+    def _warn(self, now: int, shed_now: int = 0, dropped_now: int = 0) -> None:
+        """One WARNING per ``warn_interval`` at most, with what was shed meanwhile."""
+        self._shed_since_warn += shed_now
+        self._dropped_since_warn += dropped_now
+        if self._last_warn_ns and now - self._last_warn_ns < self.warn_interval_ns:
+            return
+        stats = self.stats
+        self._log.warning(
+            "fastelect scheduler overloaded (%d electors, %.0f%% busy, renewals up to %.0f ms "
+            "late): put back %d polls and campaigns, stepped down from %d of the newest "
+            "leaderships; the others are renewed first",
+            len(self._active),
+            self._busy * 100,
+            stats.max_renew_lag_ns / 1e6,
+            self._shed_since_warn,
+            self._dropped_since_warn,
+            extra={
+                "electors": len(self._active),
+                "shed": self._shed_since_warn,
+                "dropped": self._dropped_since_warn,
+                "shed_total": stats.shed,
+                "dropped_total": stats.dropped_leaderships,
+            },
+        )
+        self._last_warn_ns = now
+        self._shed_since_warn = 0
+        self._dropped_since_warn = 0
+
+    def _sweep(self, now: int) -> None:
+        """Cancel steps that outlived their bound; the step reports a timeout."""
+        self._next_sweep = now + _SWEEP_NS
+        for elector in [e for e in self._inflight if now >= e._sched_deadline]:
+            task = elector._sched_task
+            if task is not None and not task.done() and not elector._sched_expired:
+                elector._sched_expired = True
+                self.stats.timeouts += 1
+                task.cancel("fastelect: storage step timed out")
+
+    def _measure_cpu(self, now: int) -> None:
+        start, cpu = self._cpu_mark
+        if now - start < _CPU_WINDOW_NS:
+            return
+        cpu_now = time.process_time_ns()
+        if start:
+            # CPU share alone misses a process starved by its neighbours; the
+            # driver's share of wall time alone misses work done in step tasks.
+            self._cpu_busy = (cpu_now - cpu) / (now - start)
+            self._busy = max(self._cpu_busy, self._busy_ns / (now - start))
+        self._busy_ns = 0
+        self._cpu_mark = (now, cpu_now)
+
+
+class _HandOff:
+    """Awaits the rest of a coroutine already started elsewhere (see Scheduler._step)."""
+
+    __slots__ = ("_coro", "_yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], yielded: object) -> None:
+        self._coro = coro
+        self._yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro = self._coro
+        yielded = self._yielded
+        while True:
+            value: Any = None
+            exc: BaseException | None = None
+            try:
+                value = yield yielded
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as thrown:  # the task's cancel() and friends
+                exc = thrown
+            try:
+                yielded = coro.send(value) if exc is None else coro.throw(exc)
+            except StopIteration:
+                return
+
+
+async def _handed_off(coro: Coroutine[Any, Any, None], yielded: object) -> None:
+    await _HandOff(coro, yielded)
+
+
+def _leader_since(elector: Elector) -> int:
+    return int(elector._campaign.leader_since_ns)
+
+
+def _set_done(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
