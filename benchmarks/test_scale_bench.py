@@ -251,6 +251,7 @@ def test_scale_memory_and_cpu(benchmark: Any, loop: asyncio.AbstractEventLoop) -
             target=2.0,
             limit=MAX_BYTES_PER_ELECTION / 1024,
             extra=extra,
+            paired=False,
         ),
     )
     record(
@@ -262,8 +263,11 @@ def test_scale_memory_and_cpu(benchmark: Any, loop: asyncio.AbstractEventLoop) -
             baseline.us_per_renew,
             "unscheduled Electors",
             target=1.5,
+            # One fleet run each: the ratio swung 1.3-2.2x between runs, too wide to gate.
+            gated=False,
             limit=MAX_US_PER_RENEW,
             extra={"load": ours.load, "baseline_load": baseline.load},
+            paired=False,
         ),
     )
 
