@@ -10,7 +10,15 @@ from typing import Any
 from fastelect import Elector, ElectorConfig, StorageUnavailable
 from helpers import wait_until
 
-__all__ = ["FAST", "FaultyStorage", "crash", "fast_config", "leaders", "wait_until"]
+__all__ = [
+    "FAST",
+    "FaultyStorage",
+    "PassThroughStorage",
+    "crash",
+    "fast_config",
+    "leaders",
+    "wait_until",
+]
 from fastelect.storage import Storage
 
 # Short but not razor-thin: a loaded 2-core CI box must still renew in time.
@@ -49,6 +57,29 @@ async def crash(elector: Elector) -> None:
                 await task
     elector._task = None
     elector._hooks_task = None
+
+
+class PassThroughStorage:
+    """A storage wrapper that forwards everything to ``inner``; subclasses
+    override the calls they intercept."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        return await self.inner.get(key)
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        return await self.inner.put_if_match(key, body, etag)
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def describe(self, key: str) -> str:
+        return f"{type(self).__name__}+" + self.inner.describe(key)
 
 
 class FaultyStorage:

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
-from elector_helpers import fast_config, wait_until
+from elector_helpers import PassThroughStorage, fast_config, wait_until
 from fastelect import Elector, LeadershipLost, PreconditionFailed
 from fastelect._core import Action, monotonic_ns
 from fastelect.storage import Storage
@@ -76,11 +76,11 @@ async def test_duplicate_ids_end_with_one_leader_and_report_the_clash(
         await stop_all(a, b)
 
 
-class BarrierOnFirstRead:
+class BarrierOnFirstRead(PassThroughStorage):
     """Holds the first read of each of ``parties`` electors until all have sent one."""
 
     def __init__(self, inner: Storage, parties: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.parties = parties
         self.arrived = 0
         self.all_in = asyncio.Event()
@@ -93,31 +93,16 @@ class BarrierOnFirstRead:
             await asyncio.wait_for(self.all_in.wait(), 5)
         return await self.inner.get(key)
 
-    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
-        return await self.inner.put_if_match(key, body, etag)
 
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def describe(self, key: str) -> str:
-        return "barrier+" + self.inner.describe(key)
-
-
-class LateDelivery:
+class LateDelivery(PassThroughStorage):
     """A storage that delivers a dead predecessor's delayed write just before
     the new process's first create, as a network that parked it would."""
 
     def __init__(self, inner: Storage, late_body: bytes) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.late_body = late_body
         self.delivered = False
         self.conflicts = 0
-
-    async def get(self, key: str) -> tuple[bytes, str]:
-        return await self.inner.get(key)
 
     async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
         if not self.delivered and etag == "":
@@ -128,15 +113,6 @@ class LateDelivery:
         except PreconditionFailed:
             self.conflicts += 1
             raise
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def describe(self, key: str) -> str:
-        return "late+" + self.inner.describe(key)
 
 
 async def test_restarted_node_does_not_adopt_its_dead_predecessors_write(
@@ -197,18 +173,15 @@ async def test_every_start_is_a_new_incarnation(storage: Storage) -> None:
 # --------------------------------------------------------------------------- #
 
 
-class GatedPuts:
+class GatedPuts(PassThroughStorage):
     """Holds every PUT at a gate the test opens; remembers bodies and send times."""
 
     def __init__(self, inner: Storage) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.gate = asyncio.Event()
         self.gate.set()
         self.waiting = asyncio.Event()
         self.sent: list[tuple[int, dict[str, Any]]] = []
-
-    async def get(self, key: str) -> tuple[bytes, str]:
-        return await self.inner.get(key)
 
     async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
         self.sent.append((monotonic_ns(), orjson.loads(body)))
@@ -216,15 +189,6 @@ class GatedPuts:
             self.waiting.set()
             await self.gate.wait()
         return await self.inner.put_if_match(key, body, etag)
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def describe(self, key: str) -> str:
-        return "gated+" + self.inner.describe(key)
 
 
 async def test_update_config_during_a_write_keeps_that_writes_lease(storage: Storage) -> None:
