@@ -431,7 +431,7 @@ def test_election_cycle_cpu(benchmark: Any, loop: asyncio.AbstractEventLoop) -> 
         benchmark,
         lambda: loop.run_until_complete(_electors_round(cycles, gets)),
         lambda: loop.run_until_complete(_bare_round(cycles)),
-        rounds=rounds(full=8, gate=3),
+        rounds=rounds(full=8, gate=9),
     )
     per_cycle_s = ours / 1e9
     record(
