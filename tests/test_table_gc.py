@@ -25,6 +25,9 @@ from fastelect import LeadershipTable, MemoryStorage, table_gc
 from fastelect._core import LAYOUT_VERSION, shm_path
 from fastelect.election import ElectionConfig, Manager, ManagerConfig
 
+# These tests sweep the real /dev/shm with no age limit, so scripts/test runs
+# them on their own, after the parallel run: one test's sweep must never take
+# another test's freshly killed table.
 pytestmark = pytest.mark.skipif(
     not os.path.isdir(table_gc.SHM_DIR), reason="POSIX shared memory is not a directory here"
 )
@@ -273,7 +276,11 @@ def test_status_needs_a_store_or_tables() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_starting_manager_sweeps_dead_owners_tables(name: str) -> None:
+async def test_a_starting_manager_sweeps_dead_owners_tables(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The automatic sweep spares segments younger than 10 s; this one is new.
+    monkeypatch.setattr(table_gc, "AUTO_SWEEP_MIN_AGE_S", 0.0)
     dead = Owner(name)
     dead.proc.kill()
     dead.stop()
@@ -289,3 +296,17 @@ async def test_a_starting_manager_sweeps_dead_owners_tables(name: str) -> None:
     finally:
         await manager.stop()
     assert not Path(shm_path(f"{name}M")).exists()
+
+
+def test_the_automatic_sweep_spares_young_segments(name: str) -> None:
+    """Creating a named table sweeps dead owners' tables, but not one that
+    died a moment ago: an operator may still be looking at it."""
+    dead = Owner(name)
+    dead.proc.kill()
+    dead.stop()
+    try:
+        LeadershipTable(f"{name}N").close()
+        assert Path(shm_path(name)).exists(), "a seconds-old table was swept automatically"
+        assert name in {t.name for t in table_gc.stale_tables()}
+    finally:
+        Path(shm_path(name)).unlink(missing_ok=True)

@@ -164,9 +164,9 @@ cdef class LeadershipTable:
             path = shm.encode()
             # A SIGKILLed owner cannot remove its segment: sweep this user's
             # tables of dead owners first (never a live one or another user's).
-            from .table_gc import remove_stale_tables
+            from . import table_gc
             try:
-                remove_stale_tables()
+                table_gc.remove_stale_tables(min_age_s=table_gc.AUTO_SWEEP_MIN_AGE_S)
             except OSError:
                 pass  # best effort: a sweep that cannot list /dev/shm changes nothing
             for _ in range(3):

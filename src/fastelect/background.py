@@ -55,7 +55,6 @@ from .config import ElectorConfig
 from .elector import Elector, LeadershipStatus
 from .errors import FastelectError, LifecycleError
 from .storage import Storage
-from .table_gc import remove_stale_tables
 
 __all__ = ["BackgroundElector", "StorageSource"]
 
@@ -345,7 +344,6 @@ class BackgroundElector:
                 raise TypeError(f"the storage factory returned {storage!r}, not a Storage")
         self._storage = storage
         if self._table_name is not None:
-            remove_stale_tables()  # crashed processes' tables, see table_gc
             self._table = LeadershipTable(self._table_name, slots=1)
         elector = Elector(
             self._config,

@@ -69,7 +69,6 @@ from .elector import Elector
 from .errors import ConfigError, FastelectError, LifecycleError, TLSError
 from .health import HealthServer, HealthServerConfig
 from .storage.base import MinimalStorage, Storage, as_storage
-from .table_gc import remove_stale_tables
 from .tls import load_ca_pem
 
 __all__ = [
@@ -824,8 +823,7 @@ class Manager:
     def _ensure_table(self) -> LeadershipTable:
         if self._table is None:
             # Default names carry the pid, so a crashed Manager's table is never
-            # reused and replaced: sweep dead owners' tables first.
-            remove_stale_tables()
+            # reused and replaced: creating a named table sweeps dead owners'.
             self._table = LeadershipTable(self._table_name, slots=len(_HEALTH_PATHS))
         return self._table
 

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 
 __all__ = [
+    "AUTO_SWEEP_MIN_AGE_S",
     "JUNK_AGE_S",
     "SHM_DIR",
     "TableInfo",
@@ -107,15 +108,27 @@ def stale_tables(directory: str = SHM_DIR) -> list[TableInfo]:
     return [info for info in list_tables(directory) if info.stale]
 
 
-def remove_stale_tables(directory: str = SHM_DIR) -> list[TableInfo]:
+#: The automatic sweep (when a named table is created) leaves segments younger
+#: than this alone: a table whose owner died a moment ago costs nothing for a
+#: few more seconds, and an operator looking at it (``fastelect status
+#: --tables``) still finds it.
+AUTO_SWEEP_MIN_AGE_S = 10.0
+
+
+def remove_stale_tables(directory: str = SHM_DIR, *, min_age_s: float = 0.0) -> list[TableInfo]:
     """Remove this user's stale segments; return those removed.
 
     Each one is re-checked right before removal, through a rename, so a table
     created under the same name meanwhile by a live process is put back, not
-    lost. Leftovers of a sweep that died mid-way are removed too.
+    lost. Leftovers of a sweep that died mid-way are removed too. Segments
+    created less than ``min_age_s`` seconds ago are kept (the automatic sweep
+    passes :data:`AUTO_SWEEP_MIN_AGE_S`).
     """
     removed = []
+    born_before = time.time_ns() - int(min_age_s * 1e9)
     for info in stale_tables(directory):
+        if min_age_s > 0 and info.created_wall_ns > born_before:
+            continue
         if _remove(directory, info):
             removed.append(info)
             logger.info(

@@ -42,7 +42,6 @@ from ..config import ElectorConfig
 from ..elector import Elector, LeadershipLost
 from ..errors import ConfigError, TLSError
 from ..storage import Storage
-from ..table_gc import remove_stale_tables
 from ..tls import TLSCertificate
 from . import _util
 from ._child import Child, LeaseGuard, Watchdog, spawn
@@ -269,7 +268,6 @@ class Sidecar:
         try:
             storage = self._spec.create()
             if self._table_name:
-                remove_stale_tables()  # the default name has our pid: sweep crashed runs'
                 table = LeadershipTable(self._table_name, slots=1)
             elector = Elector(self._config, storage, table=table)
             await elector.start()
