@@ -64,6 +64,7 @@ cdef class Campaign:
     cdef int64_t _backoff(self, int64_t now)
     cdef void _follow(self, int64_t now)
     cdef void _become_leader(self, int64_t now, str etag)
+    cdef void _observe_own_record(self, str etag, int64_t term)
     cdef void _cap_lease(self, int64_t cap)
     cdef void _step_down(self, int64_t now)
     cdef void _clear_pending(self)

@@ -480,15 +480,8 @@ cdef class Campaign:
             # The write took longer than the lease: we hold the record but no lease.
             if was_leader:
                 self._step_down(now)
-            self.obs_known = True
-            self.obs_missing = False
-            self.obs_garbage = False
-            self.obs_released = False
-            self.obs_etag = etag
-            self.obs_nonce = self.nonce
+            self._observe_own_record(etag, term)
             self.obs_first_seen_ns = now
-            self.obs_term = term
-            self.leader_id = self.server_id
             self._schedule(READ, now + self.frequent_ns)
             return
         self.etag = etag
@@ -498,14 +491,7 @@ cdef class Campaign:
             self.max_term_seen = term
         self.deadline_ns = deadline
         self.role = LEADER
-        self.obs_known = True
-        self.obs_missing = False
-        self.obs_garbage = False
-        self.obs_released = False
-        self.obs_etag = etag
-        self.obs_nonce = self.nonce
-        self.obs_term = term
-        self.leader_id = self.server_id
+        self._observe_own_record(etag, term)
         self.consecutive_fails = 0
         self.slot._begin()
         self.slot._set_leader(deadline, deadline)
@@ -525,6 +511,17 @@ cdef class Campaign:
             self.last_election_ns = now
             self.events |= EV_ACQUIRED | EV_NEW_LEADER | EV_CYCLE
         self._schedule(RENEW, sent + self.frequent_ns)
+
+    cdef void _observe_own_record(self, str etag, int64_t term):
+        """What we know of the record after one of our writes landed."""
+        self.obs_known = True
+        self.obs_missing = False
+        self.obs_garbage = False
+        self.obs_released = False
+        self.obs_etag = etag
+        self.obs_nonce = self.nonce
+        self.obs_term = term
+        self.leader_id = self.server_id
 
     cdef void _cap_lease(self, int64_t cap):
         """Rule 2 for a shrinking lease: a renewal that advertises a shorter
