@@ -33,7 +33,7 @@ import pytest_asyncio
 
 import fastelect
 from fastelect import ConfigError, FastelectError, LeadershipTable, LifecycleError, MemoryStorage
-from fastelect._core import shm_path
+from fastelect._core import LeaseHolder, shm_path
 from fastelect.config import ElectorConfig
 from fastelect.election import (
     CLUSTER_HEALTH_PATH,
@@ -733,8 +733,10 @@ async def test_real_elector_binds_the_compiled_slot_check(ca: CertificateAuthori
         cluster = manager.cluster_elector
         assert isinstance(cluster, fastelect.Elector)
         # Same cost class as Elector.is_leader: the very same compiled method.
-        assert manager.is_cluster_leader == cluster.slot.is_leader
-        assert manager.is_cluster_leader.__self__ is cluster.slot  # type: ignore[attr-defined]
+        assert manager.is_cluster_leader == cluster.is_leader
+        assert manager.is_cluster_leader.__self__ is cluster  # type: ignore[attr-defined]
+        # The compiled method itself: no Python frame between the caller and C.
+        assert manager.is_cluster_leader.__func__ is LeaseHolder.is_leader  # type: ignore[attr-defined]
         await eventually("cluster leadership", manager.is_cluster_leader)
         await eventually("shard leadership", manager.is_shard_leader)
         # Another process would see the same through the named table.

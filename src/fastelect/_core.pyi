@@ -21,6 +21,7 @@ __all__ = [
     "SLOT_SIZE",
     "Campaign",
     "LeadershipTable",
+    "LeaseHolder",
     "Slot",
     "TableReader",
     "attach",
@@ -150,6 +151,15 @@ class Slot:
     def count(self, counter: int) -> None: ...
     def release_slot(self) -> None: ...
     def restart_slot(self) -> None: ...
+
+@disjoint_base
+class LeaseHolder:
+    """The compiled base of :class:`~fastelect.Elector`: ``is_leader()`` in C."""
+
+    def _hold_slot(self, slot: Slot) -> None:
+        """Answer ``is_leader()`` from ``slot`` from now on (once, at construction)."""
+    def is_leader(self) -> bool:
+        """True only while this node holds an unexpired lease, evaluated now."""
 
 @disjoint_base
 class TableReader:

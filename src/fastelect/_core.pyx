@@ -38,7 +38,7 @@ cdef extern from "errno.h":
     int errno
 
 __all__ = [
-    "ACTION_NAMES", "Campaign", "LeadershipTable", "Slot", "TableReader", "attach",
+    "ACTION_NAMES", "Campaign", "LeaseHolder", "LeadershipTable", "Slot", "TableReader", "attach",
     "monotonic_ns", "LAYOUT_VERSION", "SLOT_SIZE", "HEADER_SIZE", "LEASE_CLOCK",
     "LEASE_CLOCK_NAME",
 ]

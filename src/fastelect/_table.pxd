@@ -29,6 +29,10 @@ cdef class Slot:
     cdef void _put_leader(self, str leader_id, str leader_addr)
 
 
+cdef class LeaseHolder:
+    cdef Slot _held
+
+
 cdef class TableReader:
     cdef _Mapping _map
     cdef dict _index

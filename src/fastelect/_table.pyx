@@ -449,6 +449,31 @@ cdef class Slot:
         self._s.flags = flags
 
 
+cdef class LeaseHolder:
+    """The compiled base of :class:`~fastelect.Elector`: ``is_leader()`` in C.
+
+    ``elector.is_leader()`` is then a method found on the type, which the
+    interpreter calls straight through its C slot: no Python frame, no bound
+    method object and no instance-dict lookup (a per-instance bound method of
+    the slot cost about 7 ns more per call).  The answer is the slot's own:
+    an atomic load of the lease and a lease-clock read.
+    """
+
+    def _hold_slot(self, Slot slot not None):
+        """Answer ``is_leader()`` from ``slot`` from now on (once, at construction)."""
+        self._held = slot
+
+    def is_leader(self):
+        """True only while this node holds an unexpired lease, evaluated now."""
+        cdef Slot slot = self._held
+        if slot is None:
+            return False
+        if slot._closed:
+            _closed_slot()
+        cdef int64_t until = fe_load_i64(&slot._s.lease_until_ns)
+        return until != 0 and fe_clock_ns() < until
+
+
 cdef class TableReader:
     """Read-only view of a leadership table, in this or another process.
 
