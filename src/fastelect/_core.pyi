@@ -6,9 +6,10 @@
 # which are IntEnums); durations and instants are nanoseconds of the lease
 # clock (LEASE_CLOCK: CLOCK_BOOTTIME on Linux) unless a name says ``wall``.
 
+from collections.abc import Generator
 from enum import IntEnum
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, final
 
 from typing_extensions import disjoint_base
 
@@ -24,6 +25,7 @@ __all__ = [
     "LeaseHolder",
     "Slot",
     "TableReader",
+    "YieldNow",
     "attach",
     "monotonic_ns",
 ]
@@ -151,6 +153,14 @@ class Slot:
     def count(self, counter: int) -> None: ...
     def release_slot(self) -> None: ...
     def restart_slot(self) -> None: ...
+
+@final
+class YieldNow:
+    """``await YieldNow()``: give the event loop one turn, like ``asyncio.sleep(0)``."""
+
+    def __await__(self) -> Generator[None]: ...
+    def __iter__(self) -> YieldNow: ...
+    def __next__(self) -> None: ...
 
 @disjoint_base
 class LeaseHolder:

@@ -16,6 +16,10 @@ def new_nonce():
     return secrets.token_hex(8)
 
 
+# Not tracked by the garbage collector: a Campaign holds only strings and its
+# Slot, so it can never be part of a reference cycle, and a process running
+# 100,000 elections should not have every collection pass walk 100,000 of them.
+@cython.no_gc
 cdef class Campaign:
     """One elector's state machine.
 

@@ -31,6 +31,7 @@ cdef inline str _get_str(const char *src, uint16_t n, Py_ssize_t cap):
     return src[:n].decode("utf-8", "replace")
 
 
+@cython.no_gc  # holds only its name: no cycle possible
 cdef class _Mapping:
     """A mapped table segment: anonymous (private to this process) or named
     POSIX shared memory.  Registered with the fork guard while mapped."""
@@ -345,6 +346,9 @@ cdef object _closed_slot():
     raise LifecycleError("leadership slot is closed (its table was closed)")
 
 
+# Untracked by the garbage collector like Campaign: it holds only its mapping
+# and strings, so it cannot be part of a reference cycle.
+@cython.no_gc
 cdef class Slot:
     """This process's slot for one election; written only by its Campaign."""
 

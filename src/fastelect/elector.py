@@ -185,6 +185,7 @@ class Elector(_core.LeaseHolder):
         "_sched",
         "_sched_active",
         "_sched_bucket",
+        "_sched_coro",
         "_sched_deadline",
         "_sched_expired",
         "_sched_finished",
@@ -253,9 +254,11 @@ class Elector(_core.LeaseHolder):
         )
         self._where = storage.describe(config.lockfile_path)
         self._extra = {"lock": self._where, "elector": config.server_id, "election": election}
-        self._clashes_reported: set[str] = set()
+        # Made on first use: every container here is one more object each
+        # garbage-collection pass walks, times the electors of a process.
+        self._clashes_reported: set[str] | None = None
         self._peer: PeerChecker | None = None
-        self._retired_peers: list[PeerChecker] = []
+        self._retired_peers: tuple[PeerChecker, ...] = ()
         self._peer_healthy = True
         self._task: asyncio.Task[None] | None = None
         self._hooks_task: asyncio.Task[None] | None = None
@@ -267,7 +270,7 @@ class Elector(_core.LeaseHolder):
         self._leading: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._first_cycle: asyncio.Event | None = None
-        self._scoped: set[asyncio.Task[Any]] = set()
+        self._scoped: set[asyncio.Task[Any]] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._stopping = False
         self._release_requested = False
@@ -280,6 +283,7 @@ class Elector(_core.LeaseHolder):
         self._sched_active = False
         self._sched_bucket = -1
         self._sched_task: asyncio.Task[None] | None = None
+        self._sched_coro: Coroutine[Any, Any, None] | None = None
         self._sched_kind = 0
         self._sched_deadline = 0
         self._sched_kicked = False
@@ -464,7 +468,7 @@ class Elector(_core.LeaseHolder):
         for peer in [*self._retired_peers, self._peer]:
             if peer is not None:
                 await peer.close()
-        self._retired_peers.clear()
+        self._retired_peers = ()
 
     async def __aenter__(self) -> Elector:
         await self.start()
@@ -533,7 +537,8 @@ class Elector(_core.LeaseHolder):
         checker = PeerChecker(ca_cert, float(self._config.peer_timeout))  # type: ignore[arg-type]
         old, self._peer = self._peer, checker
         if old is not None:
-            self._retired_peers.append(old)  # closed by stop(), on the loop that opened it
+            # Closed by stop(), on the loop that opened it.
+            self._retired_peers = (*self._retired_peers, old)
         self._config = self._config.copy(peer_mode=True, peer_ca_cert=bytes(ca_cert))
         self._campaign.set_peer_mode(True)
         self._kick()
@@ -584,6 +589,8 @@ class Elector(_core.LeaseHolder):
         task = asyncio.current_task()
         assert task is not None
         generation = self._generation
+        if self._scoped is None:
+            self._scoped = set()
         self._scoped.add(task)
         if self._expiry is None and self._campaign.role == _core.Role.LEADER:
             # Scheduled electors arm the lease timer only while work depends on it.
@@ -971,7 +978,9 @@ class Elector(_core.LeaseHolder):
             self._changed = asyncio.Event() if self._sched is None else None
 
     def _report_duplicate(self, nonce: str) -> None:
-        if nonce in self._clashes_reported:
+        if self._clashes_reported is None:
+            self._clashes_reported = set()
+        elif nonce in self._clashes_reported:
             return
         self._clashes_reported.add(nonce)
         self._log.error(
@@ -1012,6 +1021,8 @@ class Elector(_core.LeaseHolder):
             self._kick()
 
     def _cancel_scoped(self) -> None:
+        if not self._scoped:
+            return
         for task in list(self._scoped):
             task._fastelect_lost = True  # type: ignore[attr-defined]
             task.cancel("fastelect: leadership lost")

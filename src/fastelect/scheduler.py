@@ -173,7 +173,9 @@ class Scheduler:
         self._ready: deque[tuple[Elector, int, int]] = deque()
         # Inline steps that yielded to the loop once (asyncio.sleep(0)): resumed
         # by the driver at its next turn, as a Task would be, without being one.
-        self._resume: list[tuple[Elector, Coroutine[Any, Any, None]]] = []
+        # Inline steps that yielded, resumed next turn (each keeps its coroutine
+        # in ``_sched_coro``: no pair object per step).
+        self._resume: list[Elector] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -312,18 +314,21 @@ class Scheduler:
         """Run an inline step until it yields; a Task costs more than the whole step.
 
         Only for storages that declare ``inline_steps`` (their coroutines never
-        look at the current task).  A bare yield (``asyncio.sleep(0)``) is
+        look at the current task).  A bare yield (``asyncio.sleep(0)``, ``YieldNow``) is
         resumed at the driver's next turn; a step that waits on a future is
         handed to a Task of its own from there on.
         """
         try:
             yielded = coro.send(value)
         except StopIteration:
+            elector._sched_coro = None
             return  # the step's own ``finally`` already called _op_done
         if yielded is None:
-            self._resume.append((elector, coro))
+            elector._sched_coro = coro
+            self._resume.append(elector)
             return
         assert self._loop is not None
+        elector._sched_coro = None
         elector._sched_deadline = _core.monotonic_ns() + elector._step_bound_ns(
             elector._sched_kind, _core.monotonic_ns()
         )
@@ -338,7 +343,9 @@ class Scheduler:
         while self._active or self._inflight:
             if self._resume:
                 resume, self._resume = self._resume, []
-                for elector, coro in resume:
+                for elector in resume:
+                    coro = elector._sched_coro
+                    assert coro is not None
                     self._step(elector, coro, None)
             now = _core.monotonic_ns()
             if self._inflight and now >= self._next_sweep:

@@ -7,10 +7,10 @@ Nothing is persisted and nothing crosses a process boundary.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import secrets
 
+from .._core import YieldNow
 from .base import MAX_OBJECT_SIZE, ObjectNotFound, PreconditionFailed, StorageError, StorageStats
 from .verify import VerifyReport, verify_storage
 
@@ -46,7 +46,7 @@ class MemoryStorage:
         self.stats.gets += 1
         # Yield like real I/O would, so callers cannot come to rely on a
         # backend that never suspends.
-        await asyncio.sleep(0)
+        await YieldNow()
         try:
             body, etag = self._objects[key]
         except KeyError:
@@ -57,7 +57,7 @@ class MemoryStorage:
         """Write ``body`` if the current etag is ``etag`` ("" = must not exist)."""
         self._check_open()
         self.stats.puts += 1
-        await asyncio.sleep(0)
+        await YieldNow()
         # From here to the return there is no await: this is the atomic CAS.
         current = self._objects.get(key)
         if etag == "":
@@ -97,7 +97,7 @@ class MemoryStorage:
         never delete; ``fastelect check`` removes its probe object with this.
         """
         self._check_open()
-        await asyncio.sleep(0)
+        await YieldNow()
         self._objects.pop(key, None)
 
     async def verify(self, prefix: str = "") -> VerifyReport:
