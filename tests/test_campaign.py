@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from fastelect import _core
 from fastelect._core import Action, Campaign, Event, LeadershipTable
+from fastelect.errors import LifecycleError
+from fastelect.record import encode_record, parse_record
 
 MS = 1_000_000
 T = 1000 * MS  # lease
@@ -411,3 +413,27 @@ def test_a_renewal_advertising_a_shorter_lease_caps_the_current_one() -> None:
     c2.write_succeeded(120 * MS, "e2")
     assert c2.deadline_ns == 100 * MS + 5000 * MS - 50 * MS
     table.close()
+
+
+def test_record_body_carries_the_pending_write_and_its_lease_snapshot() -> None:
+    """The body Elector sends is the pending write's: term, renewal and the
+    lease snapshotted by begin_write (rule 2), even if configure() changed the
+    lease since; a release writes the zero time."""
+    c, _slot = make(server_id='id "quoted"\n')
+    with pytest.raises(LifecycleError):
+        c.record_body(0)  # nothing pending
+    become_leader(c, 0)
+    assert c.poll(F) == Action.RENEW
+    _match, term, renewal, released = c.begin_write(F)
+    c.configure(2 * T, F, INF, MARGIN, -1)  # a new lease, after the write began
+    wall = 1_796_000_000_123_456_789
+    body = c.record_body(wall)
+    assert body == encode_record(c.server_id, "me:1", wall, term, T // MS, renewal, c.nonce)
+    record_ = parse_record(body)
+    assert (record_.leader_id, record_.lease_ms, record_.nonce) == (c.server_id, T // MS, c.nonce)
+    c.write_succeeded(F + 1, "e-mine-2")
+    assert c.begin_release(2 * F)
+    c.take_events()
+    _match, term, renewal, released = c.begin_write(2 * F)
+    assert released
+    assert parse_record(c.record_body(wall)).released

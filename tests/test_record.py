@@ -155,3 +155,78 @@ def test_long_leader_id_is_truncated_in_the_table_with_a_flag() -> None:
     c.observe_record(1, 0, "e2", "short", "h:1", 4, 0, 0, False, 1)
     assert not slot.status()["leader_id_truncated"]
     table.close()
+
+
+def _orjson_model(
+    leader_id: str,
+    leader_addr: str,
+    last_updated_ns: int | None,
+    term: int,
+    lease_ms: int,
+    renewal: int,
+    nonce: str,
+) -> bytes:
+    """What the record was before the core encoded it: orjson over the dict."""
+    return orjson.dumps(
+        {
+            "leaderID": leader_id,
+            "leaderAddr": leader_addr,
+            "lastUpdated": format_time(last_updated_ns),
+            "term": term,
+            "leaseMs": lease_ms,
+            "renewal": renewal,
+            "nonce": nonce,
+            "v": 1,
+        }
+    )
+
+
+#: Strings as ids may hold them: control characters, quotes, backslashes,
+#: non-ASCII and astral code points (no lone surrogates: not UTF-8).
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=80)
+_INSTANT = st.one_of(
+    st.none(),
+    # Year 1 to 9999 in ns: past int64 both ways (the core's slow path).
+    st.integers(-62135596800 * 10**9, 253402300799 * 10**9 + 999_999_999),
+    st.integers(0, 2**63 - 1),
+)
+_COUNT = st.integers(0, 2**62)
+
+
+@given(_TEXT, _TEXT, _INSTANT, _COUNT, _COUNT, _COUNT, _TEXT)
+def test_the_compiled_encoder_writes_what_orjson_wrote(
+    leader_id: str,
+    leader_addr: str,
+    last_updated_ns: int | None,
+    term: int,
+    lease_ms: int,
+    renewal: int,
+    nonce: str,
+) -> None:
+    args = (leader_id, leader_addr, last_updated_ns, term, lease_ms, renewal, nonce)
+    body = encode_record(*args)
+    assert body == _orjson_model(*args)
+    assert orjson.loads(body)["leaderID"] == leader_id
+
+
+@pytest.mark.parametrize(
+    "ns",
+    [-1, -(10**9), -(10**9) - 1, 0, 999, -62135596800 * 10**9, 2**63 - 1, -(2**63)],
+    ids=["-1ns", "-1s", "-1s-1ns", "epoch", "999ns", "year-1", "int64-max", "int64-min"],
+)
+def test_encoder_edges_of_time(ns: int) -> None:
+    args = ("a\x00\x7f\u2028", "b", ns, 1, 2, 3, "n")
+    assert encode_record(*args) == _orjson_model(*args)
+
+
+@pytest.mark.parametrize("ns", [253402300800 * 10**9, -62135596801 * 10**9])
+def test_encoder_refuses_years_rfc3339_cannot_write(ns: int) -> None:
+    with pytest.raises(ValueError):
+        encode_record("a", "b", ns, 1, 1, 1, "")
+    with pytest.raises(ValueError):
+        format_time(ns)
+
+
+def test_year_one_has_four_digits() -> None:
+    """glibc's strftime("%Y") writes year 1 as "1"; RFC 3339 needs "0001"."""
+    assert format_time(-62135596800 * 10**9) == "0001-01-01T00:00:00.000000Z"

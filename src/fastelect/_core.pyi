@@ -88,6 +88,8 @@ SLOT_SIZE: Final[int]
 MAX_ID_BYTES: Final[int]
 #: Longest election name, in UTF-8 bytes.
 MAX_ELECTION_NAME_BYTES: Final[int]
+#: The lock record's format version (its "v").
+RECORD_VERSION: Final[int]
 #: The clock id (a time.CLOCK_* value) every lease and deadline is measured on.
 LEASE_CLOCK: Final[int]
 #: Its name: "CLOCK_BOOTTIME" on Linux, "CLOCK_MONOTONIC" where that counts sleep.
@@ -95,6 +97,18 @@ LEASE_CLOCK_NAME: Final[str]
 
 def monotonic_ns() -> int:
     """The lease clock in nanoseconds (CLOCK_BOOTTIME on Linux: it counts suspend)."""
+
+def encode_record_body(
+    leader_id: str,
+    leader_addr: str,
+    last_updated_ns: int | None,
+    term: int,
+    lease_ms: int,
+    renewal: int,
+    nonce: str,
+    version: int,
+) -> bytes:
+    """The lock record's JSON bytes (see fastelect.record.encode_record)."""
 
 def new_nonce() -> str:
     """A fresh incarnation nonce: 64 random bits as 16 hex digits (rule 0)."""
@@ -280,6 +294,8 @@ class Campaign:
     def poll(self, now_ns: int) -> int: ...
     def begin_write(self, now_ns: int) -> tuple[str, int, int, bool]:
         """``(if_match, term, renewal, released)``; ``if_match == ""`` creates."""
+    def record_body(self, wall_ns: int) -> bytes:
+        """The JSON body of the pending write: our id, its term, renewal and lease."""
     def write_succeeded(self, now_ns: int, new_etag: str, wall_ns: int = 0) -> None: ...
     def write_conflicted(self, now_ns: int) -> None: ...
     def write_failed(self, now_ns: int) -> None: ...

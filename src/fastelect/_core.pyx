@@ -13,6 +13,7 @@ One idea per source file, all compiled into this one extension:
 
 * ``_shm.pxd``   -- the C layer: table layout, lease clock, seqlock, fork guard;
 * ``_table.pyx`` -- the leadership table in shared memory (``docs/table-layout.md``);
+* ``_record.pyx`` -- the lock record's JSON body, encoded in C;
 * ``_rules.pyx`` -- the election rules, :class:`Campaign` (``docs/safety.md``).
 """
 
@@ -148,4 +149,5 @@ cdef class YieldNow:
 
 
 include "_table.pyx"
+include "_record.pyx"
 include "_rules.pyx"

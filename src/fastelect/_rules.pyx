@@ -165,6 +165,24 @@ cdef class Campaign:
         self.slot._bump(C_WRITES)
         return (self.pending_match, self.pending_term, self.pending_renewal, kind == RELEASE)
 
+    def record_body(self, int64_t wall_ns):
+        """The JSON body of the write :meth:`begin_write` described.
+
+        Our id, address and nonce, and the pending write's term, renewal and
+        lease snapshot (rule 2: the lease it advertises is the one its
+        deadline counts); ``wall_ns`` is its lastUpdated, except that a
+        release writes the zero time.  The same bytes as
+        ``fastelect.record.encode_record`` with those fields.
+        """
+        if self.pending_kind == WAIT:
+            raise LifecycleError("no write is pending (call begin_write first)")
+        return _encode_record(
+            self.server_id, self.server_addr,
+            None if self.pending_kind == RELEASE else wall_ns,
+            self.pending_term, self.pending_lease_ns // 1_000_000, self.pending_renewal,
+            self.nonce, _RECORD_VERSION,
+        )
+
     def write_succeeded(self, int64_t now_ns, str new_etag, int64_t wall_ns=0):
         """The write from begin_write landed and returned ``new_etag``.
 

@@ -54,7 +54,7 @@ from .errors import (
     StorageError,
 )
 from .peer import PeerChecker
-from .record import encode_record, parse_record
+from .record import parse_record
 from .storage.base import BucketNotFound, MinimalStorage, ObjectNotFound, Storage, as_storage
 
 if TYPE_CHECKING:
@@ -841,22 +841,14 @@ class Elector(_core.LeaseHolder):
         cfg = self._config
         kind = c.next_action
         deadline = c.deadline_ns
-        if_match, term, renewal, released = c.begin_write(_core.monotonic_ns())
+        if_match, term, _, released = c.begin_write(_core.monotonic_ns())
         if c.role == _core.Role.LEADER and c.deadline_ns < deadline:
             # A renewal advertising a shorter lease capped ours (rule 2): the
             # expiry that cancels leader work must follow it down.
             self._arm_expiry(c.deadline_ns)
-        wall = None if released else time.time_ns()
+        wall = 0 if released else time.time_ns()
         # Rule 2: the body advertises the lease snapshotted when the write began.
-        body = encode_record(
-            cfg.server_id,
-            cfg.server_addr,
-            wall,
-            term,
-            c.pending_lease_ms,
-            renewal,
-            c.nonce,
-        )
+        body = c.record_body(wall)
         try:
             try:
                 if self._sched_op:
@@ -882,7 +874,7 @@ class Elector(_core.LeaseHolder):
             c.write_failed(_core.monotonic_ns())
             self._storage_failed(_core.ACTION_NAMES[kind], exc)
             return
-        c.write_succeeded(_core.monotonic_ns(), etag, wall or 0)
+        c.write_succeeded(_core.monotonic_ns(), etag, wall)
 
     async def _peer_check(self) -> None:
         c = self._campaign

@@ -23,13 +23,12 @@ from datetime import UTC, datetime
 
 import orjson
 
+from ._core import RECORD_VERSION, encode_record_body
 from .errors import RecordError
 from .storage.base import MAX_OBJECT_SIZE
 
 __all__ = ["RECORD_VERSION", "ZERO_TIME", "LockRecord", "encode_record", "parse_record"]
 
-#: Bumped when the record format changes incompatibly.
-RECORD_VERSION = 1
 #: Go's zero time, which s3lect writes as lastUpdated when it releases.
 ZERO_TIME = "0001-01-01T00:00:00Z"
 
@@ -78,7 +77,9 @@ def format_time(unix_ns: int | None) -> str:
 @functools.lru_cache(maxsize=4)
 def _format_seconds(seconds: int) -> str:
     # Renewals repeat the same second many times; strftime is most of the cost.
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime("%Y"): glibc writes year 1 as "1", and RFC 3339 wants "0001".
+    d = datetime.fromtimestamp(seconds, UTC)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
 
 
 def parse_time(text: str) -> int | None:
@@ -132,18 +133,14 @@ def encode_record(
     renewal: int,
     nonce: str = "",
 ) -> bytes:
-    """The record's JSON bytes; ``last_updated_ns=None`` writes a released record."""
-    return orjson.dumps(
-        {
-            "leaderID": leader_id,
-            "leaderAddr": leader_addr,
-            "lastUpdated": format_time(last_updated_ns),
-            "term": term,
-            "leaseMs": lease_ms,
-            "renewal": renewal,
-            "nonce": nonce,
-            "v": RECORD_VERSION,
-        }
+    """The record's JSON bytes; ``last_updated_ns=None`` writes a released record.
+
+    Encoded in the compiled core, byte for byte as orjson would write the
+    record's fields in this order (tests/test_record.py checks it against
+    orjson); ``lastUpdated`` as :func:`format_time` writes it.
+    """
+    return encode_record_body(
+        leader_id, leader_addr, last_updated_ns, term, lease_ms, renewal, nonce, RECORD_VERSION
     )
 
 

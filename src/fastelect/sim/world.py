@@ -34,7 +34,7 @@ from typing import Any
 from .. import _core
 from .._core import Campaign, LeadershipTable
 from ..errors import RecordError
-from ..record import encode_record, parse_record
+from ..record import parse_record
 from .checker import Checker, Violation
 from .oracle import RuleOracle
 
@@ -536,14 +536,12 @@ class SimNode:
         # Not a dispatch point in Elector._write, but begin_write may move the
         # deadline (a core that shortens a lease there), so the checker looks.
         self.sync(t)
-        wall = None if released else EPOCH_NS + t
+        wall = 0 if released else EPOCH_NS + t
         # Rule 2: the body advertises the lease snapshotted when the write began.
-        body = encode_record(
-            self.server_id, self.addr, wall, term, c.pending_lease_ms, renewal, c.nonce
-        )
+        body = c.record_body(wall)
         if self.w.rec:
             self.w.note(t, self, f"send {ACTION_NAMES[kind]} term={term} r={renewal} if={if_match}")
-        self._send(t, kind, self._op_timeout(now), (body, if_match, wall or 0))
+        self._send(t, kind, self._op_timeout(now), (body, if_match, wall))
         if self.config_on_write >= 0:
             # The operator's update_config lands while this write is in flight.
             w = self.w
