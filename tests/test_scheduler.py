@@ -375,7 +375,38 @@ async def test_overloaded_scheduler_keeps_the_leases_it_holds_and_sheds_the_rest
     assert warnings, "no overload warning was logged"
     assert len(warnings) <= 4, f"overload warnings are not rate-limited: {len(warnings)}"
     assert warnings[0].shed > 0  # type: ignore[attr-defined]
+    # Each shed step is counted in its election's slot too, for /metrics.
+    counted = sum(e.slot.status()["counters"]["shed_steps"] for e in crowd)
+    assert 0 < counted <= stats.shed_reads + stats.shed_campaigns
     scheduler.close()
+
+
+async def test_renewals_past_their_slack_under_overload_drop_the_newest_quarter() -> None:
+    """The collapse valve: renewals so late that leases are at risk, while the
+    process is over its CPU limit, make the newest quarter of the due
+    leaderships step down (no write) so the older ones keep being renewed;
+    each is counted in Scheduler.stats and in its slot's overload_stepdowns."""
+    storage = MemoryStorage()
+    scheduler = Scheduler()
+    electors = [
+        Elector(
+            ElectorConfig(f"valve/{i}.json", f"valve-{i}", **CROWD), storage, scheduler=scheduler
+        )
+        for i in range(8)
+    ]
+    async with scheduled(scheduler, electors):
+        await wait_until(lambda: all(e.is_leader() for e in electors), WAIT, "all lead")
+        c = electors[0]._campaign
+        # Three quarters and more of the slack gone: the danger line.
+        now = c.next_at_ns + (c.deadline_ns - c.next_at_ns) * 4 // 5
+        newest = sorted(electors, key=lambda e: e._campaign.leader_since_ns)[-2:]
+        scheduler._busy = 1.0  # over cpu_limit: a sustained overload
+        scheduler._renew(list(electors), now)
+        assert scheduler.stats.dropped_leaderships == 2
+        for e in electors:
+            stepped_down = e in newest
+            assert e.is_leader() is not stepped_down, e.config.server_id
+            assert e.slot.status()["counters"]["overload_stepdowns"] == int(stepped_down)
 
 
 @pytest.mark.one_loop

@@ -65,6 +65,8 @@ class Counter(IntEnum):
     C_STORAGE_ERRORS = 10
     C_CONFLICTS = 11
     C_DUPLICATE_IDS = 12
+    C_SHED_STEPS = 13
+    C_OVERLOAD_STEPDOWNS = 14
 
 class SlotState(IntEnum):
     SLOT_FREE = 0

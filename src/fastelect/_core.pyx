@@ -83,6 +83,8 @@ cpdef enum Counter:
     C_STORAGE_ERRORS = 10
     C_CONFLICTS = 11
     C_DUPLICATE_IDS = 12
+    C_SHED_STEPS = 13
+    C_OVERLOAD_STEPDOWNS = 14
 
 cpdef enum SlotState:
     SLOT_FREE = 0
@@ -92,7 +94,7 @@ cpdef enum SlotState:
 COUNTER_NAMES = (
     "renewals", "failed_writes", "transitions", "peer_checks", "peer_failures",
     "reads", "record_errors", "acquisitions", "losses", "writes", "storage_errors",
-    "conflicts", "duplicate_ids",
+    "conflicts", "duplicate_ids", "shed_steps", "overload_stepdowns",
 )
 ACTION_NAMES = ("wait", "read", "create", "takeover", "renew", "peer_check", "release")
 ROLE_NAMES = ("follower", "leader", "stopped")

@@ -65,6 +65,8 @@ _RELEASE = int(Action.RELEASE)
 _READ = int(Action.READ)
 _PEER_CHECK = int(Action.PEER_CHECK)
 _WAIT = int(Action.WAIT)
+_C_SHED_STEPS = int(_core.Counter.C_SHED_STEPS)
+_C_OVERLOAD_STEPDOWNS = int(_core.Counter.C_OVERLOAD_STEPDOWNS)
 #: How often in-flight steps are checked against their time bound.
 _SWEEP_NS = 50_000_000
 #: CPU use is measured over windows of this length.
@@ -451,6 +453,7 @@ class Scheduler:
             for elector in renewals[keep:]:
                 c = elector._campaign
                 c.step_down(now)
+                elector._slot.count(_C_OVERLOAD_STEPDOWNS)
                 elector._dispatch(c.take_events())
                 self._push(elector, now + elector._frequent_ns)
             dropped = len(renewals) - keep
@@ -524,6 +527,7 @@ class Scheduler:
             else:
                 stats.shed_campaigns += 1
             shed += 1
+            elector._slot.count(_C_SHED_STEPS)  # for /metrics, per election
             # Jitter spreads the returning steps instead of bringing them back at once.
             back = int(elector._frequent_ns * (1.0 + random.random()))
             self._push(elector, now + back)

@@ -110,6 +110,8 @@ _COUNTER_HELP = {
     "storage_errors": "Failed storage reads.",
     "conflicts": "Conditional writes that lost (HTTP 412/409).",
     "duplicate_ids": "Other live processes seen writing under this node's server id.",
+    "shed_steps": "Polls and campaigns an overloaded scheduler put back.",
+    "overload_stepdowns": "Leaderships an overloaded scheduler gave up so the rest stay renewed.",
 }
 
 
