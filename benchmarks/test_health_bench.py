@@ -198,7 +198,7 @@ def stop_baseline(process: subprocess.Popen[str]) -> None:
 def start_floor(
     cert_path: Path, key_path: Path, workdir: Path
 ) -> tuple[subprocess.Popen[str], int]:
-    """granian with the health server's flags, serving ``granian_floor:app``."""
+    """granian with the health server's flags, serving ``granian_floor:app``, bare."""
     from fastelect.health._process import ENV_SETTINGS
 
     port = free_port()
@@ -213,6 +213,8 @@ def start_floor(
         "log_level": "warning",
         "target": "granian_floor:app",
         "factory": False,
+        # Bare: Python's ssl stays in, as granian has it (see the module docs).
+        "lean": False,
     }
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE), *sys.path]))
     env[ENV_SETTINGS] = json.dumps(settings)

@@ -16,12 +16,29 @@ holding the certificate and key, since its owner no longer can.  (The
 signal follows the *thread*, not the process -- with a multi-threaded owner
 killed outright, it arrives while the process is still being torn down, so
 comparing ``getppid()`` would not tell.)
+
+Memory: granian terminates TLS in Rust (rustls), so these processes never need
+Python's :mod:`ssl` -- yet asyncio, uvloop and granian import it, and the
+core's nonce generator (:mod:`secrets`) imports OpenSSL's digests; that maps
+and initialises libssl and libcrypto in both processes.  Unless the
+settings say ``"lean": false`` (the benchmark's bare-granian floor),
+:func:`without_python_tls` keeps them out before anything else is imported:
+asyncio copes with ``ssl = None`` (it is an optional import there), hashlib
+and hmac fall back to their builtin digests, granian's cert check is left to
+the controller (which loaded the same files into OpenSSL before writing
+them), and the worker runs asyncio's loop because uvloop cannot be imported
+without :mod:`ssl`.  granian's main process no longer imports the app either
+(:data:`ENV_MAIN_PID` lives here).  Workers inherit all this over ``fork``,
+which granian uses up to Python 3.13; where it spawns them instead (3.14's
+default start method), a worker imports ssl again as before.  Figures in
+docs/health.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -32,12 +49,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ENV_SETTINGS", "main"]
+__all__ = ["ENV_MAIN_PID", "ENV_SETTINGS", "main", "without_python_tls"]
 
 #: Environment variable carrying the launcher's settings (JSON).  Defined here,
 #: not in :mod:`.server`, so this process never imports the controller (asyncio,
 #: the TLS toolkit) just to read one name.
 ENV_SETTINGS = "FASTELECT_HEALTH_SETTINGS"
+#: Set by this launcher for granian's workers: the pid they must not outlive
+#: (read by :func:`fastelect.health.app.create_app`).  Defined here so that
+#: granian's main process does not import the app and the core just for it.
+ENV_MAIN_PID = "FASTELECT_HEALTH_MAIN_PID"
 
 #: The application granian serves (a factory).
 APP_TARGET = "fastelect.health.app:create_app"
@@ -57,6 +78,77 @@ TUNING: dict[str, Any] = {
 }
 
 _PR_SET_PDEATHSIG = 1
+
+
+class _GranianCertCheck(types.ModuleType):
+    """What granian's ``import ssl`` finds in a lean health process, and nothing else does.
+
+    granian's server (``granian.server.common``) imports :mod:`ssl` for one
+    thing: it loads the certificate and key into a throwaway
+    ``ssl.SSLContext`` before handing their *paths* to its Rust worker, which
+    loads them again with rustls.  Our controller has already loaded the same
+    bytes into OpenSSL (``HealthServer.start()``: ``server_ssl_context``)
+    before writing these files, so this stand-in only checks that the files
+    can be read.  Any other use of :mod:`ssl` by granian fails loudly here
+    instead of running without TLS checks.
+    """
+
+    PROTOCOL_TLS_SERVER = "PROTOCOL_TLS_SERVER"
+
+    class SSLContext:
+        """granian's throwaway context: it only ever calls ``load_cert_chain``."""
+
+        def __init__(self, protocol: object) -> None:
+            self.protocol = protocol
+
+        def load_cert_chain(
+            self, certfile: str, keyfile: str | None = None, password: object = None
+        ) -> None:
+            for path in (certfile, keyfile):
+                if path is not None:
+                    with open(path, "rb"):
+                        pass  # readable: rustls loads and checks it in the worker
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"ssl.{name}: Python's ssl module is kept out of fastelect's health "
+            "processes (granian does TLS in Rust); see fastelect.health._process"
+        )
+
+
+#: What :func:`without_python_tls` keeps out; it changes nothing if one is loaded already.
+_KEPT_OUT = ("ssl", "_ssl", "_hashlib", "hashlib", "uvloop", "asyncio", "granian")
+
+
+def without_python_tls() -> bool:
+    """Keep Python's :mod:`ssl` and OpenSSL out of this process and the workers it forks.
+
+    Must run before asyncio, uvloop, granian or :mod:`hashlib` is imported
+    (:func:`main` calls it first).  After it, ``import ssl`` raises
+    ImportError everywhere except inside granian's server module, which
+    holds :class:`_GranianCertCheck`.  Returns False, changing nothing, if
+    one of those modules was imported already (by a ``site`` hook, say):
+    half the trim would save nothing and leave asyncio with an ssl module
+    that granian's worker would not see.
+    """
+    loaded = [name for name in _KEPT_OUT if sys.modules.get(name) is not None]
+    if loaded:
+        return False
+    # asyncio, concurrent.futures, ...: ``try: import ssl`` -> ssl = None.
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    # hashlib and hmac (imported by secrets, by the core) use their builtin
+    # digests without OpenSSL's; nothing here hashes anything but a nonce.
+    sys.modules["_hashlib"] = None  # type: ignore[assignment]
+    # uvloop needs the real ssl at import; granian's loop registry then skips it.
+    sys.modules["uvloop"] = None  # type: ignore[assignment]
+    import asyncio  # noqa: F401  (binds ssl = None in every asyncio module)
+
+    sys.modules["ssl"] = _GranianCertCheck("ssl")
+    try:
+        import granian.server.common  # noqa: F401
+    finally:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    return True
 
 
 class _Owner:
@@ -87,6 +179,9 @@ def _watch_owner(owner: _Owner, parent_pid: int) -> None:
 def main() -> None:
     """Run granian with the settings from the environment until told to stop."""
     settings = orjson.loads(os.environ[ENV_SETTINGS])
+    wanted = bool(settings.get("lean", True))
+    early = [name for name in _KEPT_OUT if sys.modules.get(name) is not None]
+    lean = wanted and without_python_tls()
     owner = _Owner()
     try:
         _watch_owner(owner, int(settings["parent_pid"]))
@@ -102,8 +197,6 @@ def main() -> None:
         )
         from granian.log import LogLevels
 
-        from .app import ENV_MAIN_PID
-
         # Workers read this to die with us (see app.create_app).
         os.environ[ENV_MAIN_PID] = str(os.getpid())
         tuning = {**TUNING, **settings.get("tuning", {})}
@@ -114,7 +207,8 @@ def main() -> None:
             address=settings["host"],
             port=int(settings["port"]),
             workers=int(settings["workers"]),
-            loop=Loops.auto,
+            # Lean: asyncio's loop (uvloop needs Python's ssl); else granian's choice.
+            loop=Loops.asyncio if lean else Loops.auto,
             http=HTTPModes(tuning["http"]),
             websockets=False,
             backlog=int(settings.get("backlog", 1024)),
@@ -132,6 +226,13 @@ def main() -> None:
             log_level=LogLevels(settings.get("log_level", "warning")),
             log_access=False,
         )
+        if wanted and not lean:
+            # granian has configured logging by now: this lands in its log.
+            logging.getLogger(__name__).warning(
+                "%s imported before the health server started (a site hook?): running "
+                "granian as installed, with Python's ssl and OpenSSL loaded",
+                ", ".join(early),
+            )
         if owner.gone:  # died while we were building the server
             raise SystemExit(1)
         owner.server.serve()
