@@ -507,8 +507,8 @@ async def test_client_of_another_ca_rejects_the_server(
 # Memory: Python's TLS stays out of the health processes
 # --------------------------------------------------------------------------- #
 
-#: Mapped in a process that loaded Python's ssl, hashlib's OpenSSL digests or uvloop.
-PYTHON_TLS_MAPPINGS = ("libssl", "libcrypto", "/_ssl.", "/_hashlib.", "/uvloop/")
+#: Mapped in a process that loaded Python's ssl or hashlib's OpenSSL digests.
+PYTHON_TLS_MAPPINGS = ("libssl", "libcrypto", "/_ssl.", "/_hashlib.")
 
 
 def mapped(pid: int, needles: tuple[str, ...]) -> list[str]:
@@ -540,22 +540,29 @@ async def test_health_processes_serve_tls_without_python_tls(
         assert mapped(pid, PYTHON_TLS_MAPPINGS) == [], (
             f"health process {pid} loaded Python's TLS stack (see _process.without_python_tls)"
         )
+    # The workers still run uvloop's event loop (it loaded with the stand-in).
+    for pid in workers:
+        assert mapped(pid, ("/uvloop/",)), f"worker {pid} runs without uvloop"
 
 
 WITHOUT_PYTHON_TLS = textwrap.dedent(
     """
     import json, sys, threading
-    from fastelect.health._process import without_python_tls
+    from fastelect.health import _process
 
-    out = {"first": without_python_tls()}
+    if sys.argv[2] == "newer-uvloop":  # a uvloop that wants one more name than we give
+        del _process._SSLStandIn.SSL_ERROR_SYSCALL
+    out = {"first": _process.without_python_tls()}
     try:
         import ssl  # noqa: F401
         out["import_ssl"] = "imported"
     except ImportError:
         out["import_ssl"] = "ImportError"
     import asyncio, hashlib, hmac, secrets
+    from granian._loops import loops
 
-    loop = asyncio.new_event_loop()
+    out["loops"] = sorted(loops.keys())
+    loop = loops.get("uvloop" if "uvloop" in loops else "asyncio")
     done = loop.create_future()
     threading.Thread(target=loop.call_soon_threadsafe, args=(done.set_result, 7)).start()
     out["loop"] = [type(loop).__module__, loop.run_until_complete(done)]
@@ -563,57 +570,65 @@ WITHOUT_PYTHON_TLS = textwrap.dedent(
     out["hmac"] = hmac.new(b"k", b"m", "sha256").hexdigest()
     out["token"] = len(secrets.token_hex(8))
     import granian.server.common as common
-    from granian._loops import loops
 
     stand_in = common.ssl
     out["holders"] = sorted(
         name for name, m in list(sys.modules.items()) if getattr(m, "ssl", None) is stand_in
     )
-    out["loops"] = sorted(loops.keys())
     stand_in.SSLContext(stand_in.PROTOCOL_TLS_SERVER).load_cert_chain(sys.argv[1], sys.argv[1])
     try:
         stand_in.SSLContext(stand_in.PROTOCOL_TLS_SERVER).load_cert_chain(sys.argv[1] + ".gone")
         out["missing_cert"] = "accepted"
     except OSError:
         out["missing_cert"] = "OSError"
-    try:
-        stand_in.create_default_context()
-    except AttributeError as exc:
-        out["other_use"] = str(exc)
+    for use in ("create_default_context", "wrap_socket"):
+        try:
+            getattr(stand_in, use)()
+        except (AttributeError, RuntimeError) as exc:
+            out[use] = str(exc)
     import fastelect.health.app  # noqa: F401  (the worker's imports)
 
-    out["loaded"] = sorted(m for m in ("ssl", "_ssl", "_hashlib", "uvloop") if sys.modules.get(m))
-    out["twice"] = without_python_tls()  # too late now: changes nothing
+    out["loaded"] = sorted(m for m in ("ssl", "_ssl", "_hashlib") if sys.modules.get(m))
+    out["twice"] = _process.without_python_tls()  # too late now: changes nothing
     print(json.dumps(out))
     """
 )
 
 
-def test_without_python_tls_keeps_every_needed_module_working(tmp_path: Path) -> None:
+@pytest.mark.parametrize("uvloop", ["uvloop", "newer-uvloop"])
+def test_without_python_tls_keeps_every_needed_module_working(tmp_path: Path, uvloop: str) -> None:
     """What the health processes import still works once Python's ssl is kept out."""
     readable = tmp_path / "cert.pem"
     readable.write_text("not checked here: rustls loads it")
     out = subprocess.run(
-        [sys.executable, "-c", WITHOUT_PYTHON_TLS, str(readable)],
+        [sys.executable, "-c", WITHOUT_PYTHON_TLS, str(readable), uvloop],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.splitlines()[-1])
+    assert got["first"] is True and got["twice"] is False
     assert got["import_ssl"] == "ImportError"
-    assert got["loop"] == ["asyncio.unix_events", 7]
     # The builtin digests agree with OpenSSL's (this process has them).
     assert got["sha256"] == hashlib.sha256(b"fastelect").hexdigest()
     assert got["hmac"] == hmac.new(b"k", b"m", "sha256").hexdigest()
     assert got["token"] == 16
-    # granian's server module alone holds the stand-in; nothing else sees an ssl module.
-    assert got["holders"] == ["granian.server.common"]
-    assert "uvloop" not in got["loops"] and "asyncio" in got["loops"]
+    if uvloop == "uvloop":
+        assert "uvloop" in got["loops"] and got["loop"] == ["uvloop", 7]
+        # Only the two importers hold the stand-in; nothing else sees an ssl module.
+        assert got["holders"] == ["granian.server.common", "uvloop.includes"]
+    else:
+        # uvloop is left out, loudly, and the loop is asyncio's.
+        assert "uvloop" not in got["loops"] and got["loop"] == ["asyncio.unix_events", 7]
+        assert got["holders"] == ["granian.server.common"]
+        assert "uvloop does not load without Python's ssl" in out.stderr
+        assert "SSL_ERROR_SYSCALL" in out.stderr
     assert got["missing_cert"] == "OSError"
-    assert "kept out of fastelect's health processes" in got["other_use"]
+    for use in ("create_default_context", "wrap_socket"):
+        assert "kept out of fastelect's health processes" in got[use]
     assert got["loaded"] == [], f"Python's TLS stack loaded: {got['loaded']}"
-    assert got["first"] is True and got["twice"] is False
+    assert "imported before the health server started" in out.stderr
 
 
 # --------------------------------------------------------------------------- #
