@@ -7,9 +7,9 @@ difference between the two is the handler: this one answers bytes of the
 same shape as a leadership answer without reading anything.
 
 It runs *bare* (``"lean": false`` in its settings): granian as installed,
-with Python's ssl (and so OpenSSL, and uvloop's loop) loaded as granian
-loads them.  The health server keeps those out of its processes; the memory
-figures of the two, side by side, show what that saves.
+with Python's ssl (and so OpenSSL) loaded as granian and uvloop load it.
+The health server keeps it out of its processes; the memory figures of the
+two, side by side, show what that saves.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@
   libraries: a figure that also depends on how the kernel cached those
   files, identical for ours and the floor, which map the same files).  The
   floor runs bare (``"lean": false``): fastelect's launcher and flags and a
-  constant handler, with Python's ssl, OpenSSL and uvloop loaded as granian
-  loads them -- what the health processes weighed before they kept those out.
+  constant handler, with Python's ssl and OpenSSL loaded as granian and uvloop
+  load them -- what the health processes weighed before they kept those out.
   Each wrk run lasts ``FASTELECT_BENCH_SECONDS`` (default 10 s,
   3 s in gate mode); c1 runs last half that.  Nothing is pinned by default:
   wrk and the server share the machine as they would in production.
