@@ -9,6 +9,8 @@ subprocess (the SIGSTOP test).  No mocks on the wire.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -499,6 +501,134 @@ async def test_client_of_another_ca_rejects_the_server(
     stranger = CertificateAuthority.create(common_name="another CA")
     with pytest.raises(ssl.SSLCertVerificationError):
         await asyncio.to_thread(_handshake, server.port, client_context(stranger.cert_pem))
+
+
+# --------------------------------------------------------------------------- #
+# Memory: Python's TLS stays out of the health processes
+# --------------------------------------------------------------------------- #
+
+#: Mapped in a process that loaded Python's ssl or hashlib's OpenSSL digests.
+PYTHON_TLS_MAPPINGS = ("libssl", "libcrypto", "/_ssl.", "/_hashlib.")
+
+
+def mapped(pid: int, needles: tuple[str, ...]) -> list[str]:
+    """The files of ``pid``'s mappings whose path contains one of ``needles``."""
+    paths = {line.split()[-1] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()}
+    return sorted(p for p in paths if any(n in p for n in needles))
+
+
+@pytest.mark.one_loop  # about granian's processes, not the loop of this one
+@pytest.mark.asyncio
+async def test_health_processes_serve_tls_without_python_tls(
+    ca: CertificateAuthority, table: LeadershipTable, start_server: StartServer
+) -> None:
+    lead(table.slot("cluster", "n1"), "n1")
+    server = await start_server(table.name, workers=2)
+    # TLS 1.3 and 1.2 handshakes, CA-verified, and a leadership answer: all rustls.
+    ctx = client_context(ca.cert_pem)
+    assert await asyncio.to_thread(_handshake, server.port, ctx) == "TLSv1.3"
+    only_12 = client_context(ca.cert_pem, max_version=ssl.TLSVersion.TLSv1_2)
+    assert await asyncio.to_thread(_handshake, server.port, only_12) == "TLSv1.2"
+    connector = aiohttp.TCPConnector(ssl=ctx, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as https:
+        for _ in range(4):  # new connections: each worker likely gets some
+            reply = await fetch(https, url(server, "/health/leadership/cluster"))
+            assert reply.status == 200
+    main, workers = server.pid, server.worker_pids()
+    assert main is not None and len(workers) == 2
+    for pid in (main, *workers):
+        assert mapped(pid, PYTHON_TLS_MAPPINGS) == [], (
+            f"health process {pid} loaded Python's TLS stack (see _process.without_python_tls)"
+        )
+    # The workers still run uvloop's event loop (it loaded with the stand-in).
+    for pid in workers:
+        assert mapped(pid, ("/uvloop/",)), f"worker {pid} runs without uvloop"
+
+
+WITHOUT_PYTHON_TLS = textwrap.dedent(
+    """
+    import json, sys, threading
+    from fastelect.health import _process
+
+    if sys.argv[2] == "newer-uvloop":  # a uvloop that wants one more name than we give
+        del _process._SSLStandIn.SSL_ERROR_SYSCALL
+    out = {"first": _process.without_python_tls()}
+    try:
+        import ssl  # noqa: F401
+        out["import_ssl"] = "imported"
+    except ImportError:
+        out["import_ssl"] = "ImportError"
+    import asyncio, hashlib, hmac, secrets
+    from granian._loops import loops
+
+    out["loops"] = sorted(loops.keys())
+    loop = loops.get("uvloop" if "uvloop" in loops else "asyncio")
+    done = loop.create_future()
+    threading.Thread(target=loop.call_soon_threadsafe, args=(done.set_result, 7)).start()
+    out["loop"] = [type(loop).__module__, loop.run_until_complete(done)]
+    out["sha256"] = hashlib.sha256(b"fastelect").hexdigest()
+    out["hmac"] = hmac.new(b"k", b"m", "sha256").hexdigest()
+    out["token"] = len(secrets.token_hex(8))
+    import granian.server.common as common
+
+    stand_in = common.ssl
+    out["holders"] = sorted(
+        name for name, m in list(sys.modules.items()) if getattr(m, "ssl", None) is stand_in
+    )
+    stand_in.SSLContext(stand_in.PROTOCOL_TLS_SERVER).load_cert_chain(sys.argv[1], sys.argv[1])
+    try:
+        stand_in.SSLContext(stand_in.PROTOCOL_TLS_SERVER).load_cert_chain(sys.argv[1] + ".gone")
+        out["missing_cert"] = "accepted"
+    except OSError:
+        out["missing_cert"] = "OSError"
+    for use in ("create_default_context", "wrap_socket"):
+        try:
+            getattr(stand_in, use)()
+        except (AttributeError, RuntimeError) as exc:
+            out[use] = str(exc)
+    import fastelect.health.app  # noqa: F401  (the worker's imports)
+
+    out["loaded"] = sorted(m for m in ("ssl", "_ssl", "_hashlib") if sys.modules.get(m))
+    out["twice"] = _process.without_python_tls()  # too late now: changes nothing
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("uvloop", ["uvloop", "newer-uvloop"])
+def test_without_python_tls_keeps_every_needed_module_working(tmp_path: Path, uvloop: str) -> None:
+    """What the health processes import still works once Python's ssl is kept out."""
+    readable = tmp_path / "cert.pem"
+    readable.write_text("not checked here: rustls loads it")
+    out = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PYTHON_TLS, str(readable), uvloop],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["first"] is True and got["twice"] is False
+    assert got["import_ssl"] == "ImportError"
+    # The builtin digests agree with OpenSSL's (this process has them).
+    assert got["sha256"] == hashlib.sha256(b"fastelect").hexdigest()
+    assert got["hmac"] == hmac.new(b"k", b"m", "sha256").hexdigest()
+    assert got["token"] == 16
+    if uvloop == "uvloop":
+        assert "uvloop" in got["loops"] and got["loop"] == ["uvloop", 7]
+        # Only the two importers hold the stand-in; nothing else sees an ssl module.
+        assert got["holders"] == ["granian.server.common", "uvloop.includes"]
+    else:
+        # uvloop is left out, loudly, and the loop is asyncio's.
+        assert "uvloop" not in got["loops"] and got["loop"] == ["asyncio.unix_events", 7]
+        assert got["holders"] == ["granian.server.common"]
+        assert "uvloop does not load without Python's ssl" in out.stderr
+        assert "SSL_ERROR_SYSCALL" in out.stderr
+    assert got["missing_cert"] == "OSError"
+    for use in ("create_default_context", "wrap_socket"):
+        assert "kept out of fastelect's health processes" in got[use]
+    assert got["loaded"] == [], f"Python's TLS stack loaded: {got['loaded']}"
+    assert "imported before the health server started" in out.stderr
 
 
 # --------------------------------------------------------------------------- #

@@ -16,12 +16,31 @@ holding the certificate and key, since its owner no longer can.  (The
 signal follows the *thread*, not the process -- with a multi-threaded owner
 killed outright, it arrives while the process is still being torn down, so
 comparing ``getppid()`` would not tell.)
+
+Memory: granian terminates TLS in Rust (rustls), so these processes never need
+Python's :mod:`ssl` -- yet asyncio, uvloop and granian import it, and the
+core's nonce generator (:mod:`secrets`) imports OpenSSL's digests; that maps
+and initialises libssl and libcrypto in both processes.  Unless the
+settings say ``"lean": false`` (the benchmark's bare-granian floor),
+:func:`without_python_tls` keeps them out before anything else is imported:
+asyncio copes with ``ssl = None`` (it is an optional import there), hashlib
+and hmac fall back to their builtin digests, and the two modules that need
+``ssl`` at import time, granian's server module and uvloop, get an inert
+stand-in (:class:`_SSLStandIn`) instead: granian's one use of it, a cert
+check, is left to the controller, which loaded the same files into OpenSSL
+before writing them; uvloop only binds names it needs for TLS connections
+made from Python, which these processes never make.  granian's main process
+no longer imports the app either (:data:`ENV_MAIN_PID` lives here).
+Workers inherit all this over ``fork``, which granian uses up to Python
+3.13; where it spawns them instead (3.14's default start method), a worker
+imports ssl again as before.  Figures in docs/health.md.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -32,12 +51,19 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ENV_SETTINGS", "main"]
+__all__ = ["ENV_MAIN_PID", "ENV_SETTINGS", "main", "without_python_tls"]
+
+# No handler is configured before granian's: warnings reach stderr, i.e. granian's log.
+_log = logging.getLogger(__name__)
 
 #: Environment variable carrying the launcher's settings (JSON).  Defined here,
 #: not in :mod:`.server`, so this process never imports the controller (asyncio,
 #: the TLS toolkit) just to read one name.
 ENV_SETTINGS = "FASTELECT_HEALTH_SETTINGS"
+#: Set by this launcher for granian's workers: the pid they must not outlive
+#: (read by :func:`fastelect.health.app.create_app`).  Defined here so that
+#: granian's main process does not import the app and the core just for it.
+ENV_MAIN_PID = "FASTELECT_HEALTH_MAIN_PID"
 
 #: The application granian serves (a factory).
 APP_TARGET = "fastelect.health.app:create_app"
@@ -57,6 +83,125 @@ TUNING: dict[str, Any] = {
 }
 
 _PR_SET_PDEATHSIG = 1
+
+
+class _SSLStandIn(types.ModuleType):
+    """What granian and uvloop find when they import :mod:`ssl` in a lean health process.
+
+    Both import ssl at module level and read a few names from it; nothing
+    else in these processes sees it (``import ssl`` raises ImportError).
+
+    * granian's server (``granian.server.common``) loads the certificate and
+      key into a throwaway ``SSLContext`` before handing their *paths* to its
+      Rust worker, which loads them again with rustls.  Our controller has
+      already loaded the same bytes into OpenSSL (``HealthServer.start()``:
+      ``server_ssl_context``) before writing these files, so this
+      ``load_cert_chain`` only checks that they can be read.
+    * uvloop binds the classes, exceptions and error codes it needs to make
+      TLS connections from Python.  No code here makes one: the names are
+      inert, and ``create_default_context`` refuses.
+
+    Any other name fails loudly (uvloop is then left out, see
+    :func:`without_python_tls`) instead of running without TLS checks.
+    """
+
+    PROTOCOL_TLS_SERVER = 17  # the values ssl has
+    SSL_ERROR_WANT_READ = 2
+    SSL_ERROR_WANT_WRITE = 3
+    SSL_ERROR_SYSCALL = 5
+
+    class SSLError(OSError):
+        """Never raised: nothing here does TLS in Python."""
+
+    class SSLWantReadError(SSLError):
+        """Never raised."""
+
+    class SSLSyscallError(SSLError):
+        """Never raised."""
+
+    class SSLZeroReturnError(SSLError):
+        """Never raised."""
+
+    class CertificateError(ValueError):
+        """Never raised."""
+
+    class MemoryBIO:
+        """Never made."""
+
+    class SSLContext:
+        """granian's throwaway context: it only ever calls ``load_cert_chain``."""
+
+        def __init__(self, protocol: object) -> None:
+            self.protocol = protocol
+
+        def load_cert_chain(
+            self, certfile: str, keyfile: str | None = None, password: object = None
+        ) -> None:
+            for path in (certfile, keyfile):
+                if path is not None:
+                    with open(path, "rb"):
+                        pass  # readable: rustls loads and checks it in the worker
+
+    @staticmethod
+    def create_default_context(*args: object, **kwargs: object) -> Any:
+        raise RuntimeError(_NO_PYTHON_TLS)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"ssl.{name}: {_NO_PYTHON_TLS}")
+
+
+_NO_PYTHON_TLS = (
+    "Python's ssl module is kept out of fastelect's health processes (granian does "
+    "TLS in Rust); see fastelect.health._process"
+)
+
+
+#: Any of these imported before :func:`without_python_tls` makes it change nothing.
+_KEPT_OUT = ("ssl", "_ssl", "_hashlib", "hashlib", "uvloop", "asyncio", "granian")
+
+
+def without_python_tls() -> bool:
+    """Keep Python's :mod:`ssl` and OpenSSL out of this process and the workers it forks.
+
+    Must run before asyncio, uvloop, granian or :mod:`hashlib` is imported
+    (:func:`main` calls it first).  After it, ``import ssl`` raises
+    ImportError everywhere; granian's server module and uvloop hold
+    :class:`_SSLStandIn`.  If uvloop wants a name the stand-in lacks (a newer
+    uvloop), it is left out and the workers run asyncio's loop.  Returns
+    False, changing nothing, if one of those modules was imported already
+    (by a ``site`` hook, say): half the trim would save nothing.  Either
+    fallback is logged (to granian's log).
+    """
+    early = [name for name in _KEPT_OUT if sys.modules.get(name) is not None]
+    if early:
+        _log.warning(
+            "%s imported before the health server started (a site hook?): running granian "
+            "as installed, with Python's ssl and OpenSSL loaded",
+            ", ".join(early),
+        )
+        return False
+    # asyncio, concurrent.futures, ...: ``try: import ssl`` -> ssl = None.
+    sys.modules["ssl"] = None  # type: ignore[assignment]
+    # hashlib and hmac (imported by secrets, by the core) use their builtin
+    # digests without OpenSSL's; nothing here hashes anything but a nonce.
+    sys.modules["_hashlib"] = None  # type: ignore[assignment]
+    import asyncio  # noqa: F401  (binds ssl = None in every asyncio module)
+
+    sys.modules["ssl"] = _SSLStandIn("ssl")
+    try:
+        try:
+            import uvloop  # noqa: F401
+        except Exception as exc:
+            for name in [m for m in sys.modules if m == "uvloop" or m.startswith("uvloop.")]:
+                del sys.modules[name]
+            # granian's loop registry then skips it: asyncio's loop.
+            sys.modules["uvloop"] = None  # type: ignore[assignment]
+            if not isinstance(exc, ImportError):  # not merely uninstalled
+                _log.warning("uvloop does not load without Python's ssl (%s): asyncio's loop", exc)
+        import granian.server.common  # noqa: F401
+    finally:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    return True
 
 
 class _Owner:
@@ -87,6 +232,7 @@ def _watch_owner(owner: _Owner, parent_pid: int) -> None:
 def main() -> None:
     """Run granian with the settings from the environment until told to stop."""
     settings = orjson.loads(os.environ[ENV_SETTINGS])
+    lean = bool(settings.get("lean", True)) and without_python_tls()
     owner = _Owner()
     try:
         _watch_owner(owner, int(settings["parent_pid"]))
@@ -102,8 +248,6 @@ def main() -> None:
         )
         from granian.log import LogLevels
 
-        from .app import ENV_MAIN_PID
-
         # Workers read this to die with us (see app.create_app).
         os.environ[ENV_MAIN_PID] = str(os.getpid())
         tuning = {**TUNING, **settings.get("tuning", {})}
@@ -114,7 +258,10 @@ def main() -> None:
             address=settings["host"],
             port=int(settings["port"]),
             workers=int(settings["workers"]),
-            loop=Loops.auto,
+            # Lean: uvloop if it loaded with the stand-in, else asyncio's; bare: granian's choice.
+            loop=(Loops.uvloop if sys.modules.get("uvloop") else Loops.asyncio)
+            if lean
+            else Loops.auto,
             http=HTTPModes(tuning["http"]),
             websockets=False,
             backlog=int(settings.get("backlog", 1024)),

@@ -53,6 +53,7 @@ import orjson
 
 from .._core import COUNTER_NAMES, ROLE_NAMES, TableReader, attach, monotonic_ns
 from ..errors import ConfigError, FastelectError
+from ._process import ENV_MAIN_PID
 
 __all__ = [
     "ENV_MAIN_PID",
@@ -72,8 +73,6 @@ _log = logging.getLogger(__name__)
 ENV_TABLE = "FASTELECT_HEALTH_TABLE"
 #: Environment variable holding the routes, a JSON object ``{path: election}``.
 ENV_ROUTES = "FASTELECT_HEALTH_ROUTES"
-#: Set by fastelect's granian launcher: the pid workers must not outlive.
-ENV_MAIN_PID = "FASTELECT_HEALTH_MAIN_PID"
 #: Paths the app answers itself; routes may not use them.
 RESERVED_PATHS = frozenset({"/healthz", "/metrics"})
 
