@@ -631,6 +631,62 @@ def test_without_python_tls_keeps_every_needed_module_working(tmp_path: Path, uv
     assert "imported before the health server started" in out.stderr
 
 
+NEWER_GRANIAN = textwrap.dedent(
+    """
+    import json, sys
+    from fastelect.health import _process
+
+    # A granian whose server module wants a name the stand-in lacks.
+    real_getattr = _process._SSLStandIn.__getattr__
+
+    def getattr_(self, name):
+        if name == "TLSVersion":
+            raise AttributeError(f"ssl.{name}: not in the stand-in")
+        return real_getattr(self, name)
+
+    _process._SSLStandIn.__getattr__ = getattr_
+    import importlib.abc, importlib.machinery
+
+    class NeedsTLSVersion(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path, target=None):
+            if name == "granian.server.common" and "done" not in self.__dict__:
+                return importlib.machinery.ModuleSpec(name, self)
+            return None
+
+        def create_module(self, spec):
+            return None
+
+        def exec_module(self, module):
+            self.done = True
+            import ssl
+            ssl.TLSVersion  # noqa: B018
+
+    sys.meta_path.insert(0, NeedsTLSVersion())
+    out = {"lean": _process.without_python_tls()}
+    import ssl
+    import granian.server.common as common
+
+    out["ssl"] = type(ssl).__name__ + ":" + str(hasattr(ssl, "OPENSSL_VERSION"))
+    out["granian_ssl_is_real"] = common.ssl is ssl
+    print(json.dumps(out))
+    """
+)
+
+
+def test_a_granian_that_needs_more_of_ssl_loads_the_real_one() -> None:
+    """A granian release that wants more of ssl than the stand-in has must not
+    break the health server: the launcher forgets the half-import, lets granian
+    load the real ssl, says so, and runs it as installed."""
+    out = subprocess.run(
+        [sys.executable, "-c", NEWER_GRANIAN], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got == {"lean": False, "ssl": "module:True", "granian_ssl_is_real": True}
+    assert "granian does not load without Python's ssl" in out.stderr
+    assert "TLSVersion" in out.stderr
+
+
 # --------------------------------------------------------------------------- #
 # Addresses and start failures
 # --------------------------------------------------------------------------- #

@@ -169,8 +169,9 @@ def without_python_tls() -> bool:
     :class:`_SSLStandIn`.  If uvloop wants a name the stand-in lacks (a newer
     uvloop), it is left out and the workers run asyncio's loop.  Returns
     False, changing nothing, if one of those modules was imported already
-    (by a ``site`` hook, say): half the trim would save nothing.  Either
-    fallback is logged (to granian's log).
+    (by a ``site`` hook, say): half the trim would save nothing; and False,
+    with the real ssl loaded after all, if granian itself does not load
+    against the stand-in.  Every fallback is logged (to granian's log).
     """
     early = [name for name in _KEPT_OUT if sys.modules.get(name) is not None]
     if early:
@@ -198,9 +199,23 @@ def without_python_tls() -> bool:
             sys.modules["uvloop"] = None  # type: ignore[assignment]
             if not isinstance(exc, ImportError):  # not merely uninstalled
                 _log.warning("uvloop does not load without Python's ssl (%s): asyncio's loop", exc)
-        import granian.server.common  # noqa: F401
+        try:
+            import granian.server.common  # noqa: F401
+        except Exception as exc:
+            # A granian that wants more of ssl than the stand-in has (a newer
+            # release): forget its half-import and let it load the real ssl.
+            for name in [m for m in sys.modules if m == "granian" or m.startswith("granian.")]:
+                del sys.modules[name]
+            del sys.modules["ssl"], sys.modules["_hashlib"]
+            _log.warning(
+                "granian does not load without Python's ssl (%s): running it as installed, "
+                "with Python's ssl and OpenSSL loaded",
+                exc,
+            )
+            return False
     finally:
-        sys.modules["ssl"] = None  # type: ignore[assignment]
+        if isinstance(sys.modules.get("ssl"), _SSLStandIn):
+            sys.modules["ssl"] = None  # type: ignore[assignment]
     return True
 
 
