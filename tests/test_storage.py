@@ -149,7 +149,8 @@ async def test_concurrent_creates_have_one_winner(storage: Storage) -> None:
     )
     winners = [i for i, result in enumerate(results) if isinstance(result, str)]
     assert len(winners) == 1, results
-    assert all(isinstance(r, PreconditionFailed) for r in results if not isinstance(r, str))
+    lost_otherwise = [r for r in results if not isinstance(r, str | PreconditionFailed)]
+    assert not lost_otherwise, lost_otherwise
     assert await storage.get(KEY) == (f"racer-{winners[0]}".encode(), results[winners[0]])
 
 
