@@ -182,8 +182,10 @@ def _orjson_model(
 
 
 #: Strings as ids may hold them: control characters, quotes, backslashes,
-#: non-ASCII and astral code points (no lone surrogates: not UTF-8).
-_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=80)
+#: non-ASCII and astral code points (hypothesis leaves out lone surrogates,
+#: which are not UTF-8; the floors run has an older hypothesis, so no
+#: category arguments).
+_TEXT = st.text(max_size=80)
 _INSTANT = st.one_of(
     st.none(),
     # Year 1 to 9999 in ns: past int64 both ways (the core's slow path).
