@@ -35,7 +35,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core
 from ._core import Action, Campaign, Event, LeadershipTable
+from ._stepping import Stepper
 from .config import ElectorConfig
 from .errors import (
     ConfigError,
@@ -89,44 +90,6 @@ class LeadershipStatus:
     #: The nonce of another live process writing under our ``server_id``
     #: ("" unless such a clash was seen; see ``docs/safety.md``, rule 0).
     duplicate_id_nonce: str = ""
-
-
-class _LeaseGuard:
-    """Drives a coroutine step by step, resuming it only while ``alive()``.
-
-    Rule 6: before every resume the compiled lease check runs; once it fails,
-    ``CancelledError`` is thrown into the coroutine instead of resuming it, so
-    no step of the work starts after the lease -- even when the loop wakes up
-    late (frozen, starved or suspended process) with the step already queued.
-    """
-
-    __slots__ = ("_alive", "_coro", "lost")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], alive: Callable[[], bool]) -> None:
-        self._coro = coro
-        self._alive = alive
-        self.lost = False
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self._coro
-        value: Any = None
-        exc: BaseException | None = None
-        while True:
-            if not self._alive():
-                self.lost = True
-                exc = asyncio.CancelledError("fastelect: the lease ended")
-            try:
-                yielded = coro.send(value) if exc is None else coro.throw(exc)
-            except StopIteration as done:
-                return done.value
-            value, exc = None, None
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as thrown:  # the task's cancel() and friends
-                exc = thrown
 
 
 def _wake_up(waiter: asyncio.Future[None]) -> None:
@@ -652,7 +615,7 @@ class Elector(_core.LeaseHolder):
             work = fn()
             if not inspect.iscoroutine(work):
                 raise TypeError(f"run_while_leader needs a coroutine function, got {work!r}")
-            guard = _LeaseGuard(work, alive)
+            guard = Stepper(work, alive)
             try:
                 result: T = await guard
             except asyncio.CancelledError:

@@ -45,13 +45,14 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from heapq import heappop, heappush
 from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._core import Action, LeadershipTable, Slot
+from ._stepping import Stepper
 from .errors import ConfigError, LifecycleError
 
 if TYPE_CHECKING:
@@ -589,36 +590,8 @@ class Scheduler:
         self._cpu_mark = (now, cpu_now)
 
 
-class _HandOff:
-    """Awaits the rest of a coroutine already started elsewhere (see Scheduler._step)."""
-
-    __slots__ = ("_coro", "_yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], yielded: object) -> None:
-        self._coro = coro
-        self._yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro = self._coro
-        yielded = self._yielded
-        while True:
-            value: Any = None
-            exc: BaseException | None = None
-            try:
-                value = yield yielded
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as thrown:  # the task's cancel() and friends
-                exc = thrown
-            try:
-                yielded = coro.send(value) if exc is None else coro.throw(exc)
-            except StopIteration:
-                return
-
-
 async def _handed_off(coro: Coroutine[Any, Any, None], yielded: object) -> None:
-    await _HandOff(coro, yielded)
+    await Stepper(coro, yielded=yielded)
 
 
 def _leader_since(elector: Elector) -> int:
