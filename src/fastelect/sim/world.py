@@ -452,7 +452,7 @@ class SimNode:
         if not c.is_leader(now):
             self.kick(t)
 
-    # -- guarded leader work (run_while_leader's _LeaseGuard) -------------------------
+    # -- guarded leader work (run_while_leader's Stepper) -------------------------
 
     def _schedule_work(self, t: int, generation: int) -> None:
         w = self.w
@@ -530,15 +530,17 @@ class SimNode:
         c = self.c
         kind = c.next_action
         if_match, term, renewal, released = c.begin_write(now)
-        # The lease held once the write is under way (begin_write may shorten it).
-        leading = c.deadline_ns if c.role == LEADER and c.is_leader(now) else None
-        self.oracle.begin_write(t, now, kind, if_match, term, renewal, c.pending_lease_ms, leading)
-        # Not a dispatch point in Elector._write, but begin_write may move the
-        # deadline (a core that shortens a lease there), so the checker looks.
-        self.sync(t)
         wall = 0 if released else EPOCH_NS + t
         # Rule 2: the body advertises the lease snapshotted when the write began.
         body = c.record_body(wall)
+        # The lease held once the write is under way (begin_write may shorten it).
+        leading = c.deadline_ns if c.role == LEADER and c.is_leader(now) else None
+        # The oracle checks the lease the body really advertises, not the core's word for it.
+        advertised = parse_record(body).lease_ms
+        self.oracle.begin_write(t, now, kind, if_match, term, renewal, advertised, leading)
+        # Not a dispatch point in Elector._write, but begin_write may move the
+        # deadline (a core that shortens a lease there), so the checker looks.
+        self.sync(t)
         if self.w.rec:
             self.w.note(t, self, f"send {ACTION_NAMES[kind]} term={term} r={renewal} if={if_match}")
         self._send(t, kind, self._op_timeout(now), (body, if_match, wall))
