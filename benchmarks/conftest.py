@@ -62,7 +62,7 @@ from helpers import (  # noqa: E402
     SeaweedFSServer,
     boto3_client,
     dummy_aws_environment,
-    seaweedfs_binary_or_reason,
+    weed_binary_or_skip,
 )
 
 
@@ -96,11 +96,7 @@ def seaweedfs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
     A keep-alive server in Go, far cheaper per request than moto, in its own
     process group: the client's CPU is measured against a realistic server.
     """
-    binary, reason = seaweedfs_binary_or_reason()
-    if binary is None:
-        if reason.startswith("error:"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    binary = weed_binary_or_skip()
     with SeaweedFSServer(binary, tmp_path_factory.mktemp("seaweedfs")) as server:
         client = server.client()
         try:

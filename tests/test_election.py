@@ -32,6 +32,7 @@ import pytest
 import pytest_asyncio
 
 import fastelect
+from elector_helpers import MinimalStore
 from fastelect import ConfigError, FastelectError, LeadershipTable, LifecycleError, MemoryStorage
 from fastelect._core import LeaseHolder, shm_path
 from fastelect.config import ElectorConfig
@@ -47,7 +48,6 @@ from fastelect.election import (
 from fastelect.errors import (
     HealthServerError,
     ObjectNotFound,
-    PreconditionFailed,
     StorageUnavailable,
 )
 from fastelect.storage import S3Storage, Storage
@@ -1282,28 +1282,6 @@ async def test_an_elector_that_publishes_itself_is_not_mirrored() -> None:
 # --------------------------------------------------------------------------- #
 # An s3lect-shaped storage: get and put_if_match only
 # --------------------------------------------------------------------------- #
-
-
-class MinimalStore:
-    """The seed's storage: Get and PutIfMatch, nothing else."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, tuple[bytes, str]] = {}
-        self.writes = 0
-
-    async def get(self, key: str) -> tuple[bytes, str]:
-        if key not in self.objects:
-            raise ObjectNotFound(key)
-        return self.objects[key]
-
-    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
-        current = self.objects.get(key)
-        if (current[1] if current else "") != etag:
-            raise PreconditionFailed(key)
-        self.writes += 1
-        new = f'"{self.writes}"'
-        self.objects[key] = (bytes(body), new)
-        return new
 
 
 def test_election_config_takes_a_minimal_storage() -> None:

@@ -11,31 +11,10 @@ import asyncio
 import orjson
 import pytest
 
-from elector_helpers import fast_config, leaders, wait_until
+from elector_helpers import MinimalStore, fast_config, leaders, wait_until
 from fastelect import ConfigError, Elector, MemoryStorage
 from fastelect.errors import ObjectNotFound, PreconditionFailed
 from fastelect.storage import Storage, as_storage
-
-
-class MinimalStore:
-    """Get and PutIfMatch over a dict, nothing else."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, tuple[bytes, str]] = {}
-        self.writes = 0
-
-    async def get(self, key: str) -> tuple[bytes, str]:
-        if key not in self.objects:
-            raise ObjectNotFound(key)
-        return self.objects[key]
-
-    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
-        current = self.objects.get(key)
-        if (current[1] if current else "") != etag:
-            raise PreconditionFailed(key)
-        self.writes += 1
-        self.objects[key] = (bytes(body), f'"{self.writes}"')
-        return f'"{self.writes}"'
 
 
 class SyncStoreWithClose(MinimalStore):

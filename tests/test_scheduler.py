@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from elector_helpers import FaultyStorage, fast_config, wait_until
+from elector_helpers import FaultyStorage, PassThroughStorage, fast_config, wait_until
 from fastelect import Elector, ElectorConfig, LeadershipLost, MemoryStorage
 from fastelect._core import YieldNow, monotonic_ns
 from fastelect.errors import ConfigError, LifecycleError
@@ -289,7 +289,7 @@ async def test_scheduled_followers_use_peer_mode() -> None:
 # --------------------------------------------------------------------------- #
 
 
-class SlowStorage:
+class SlowStorage(PassThroughStorage):
     """MemoryStorage behind a fixed number of connections that each take ``delay``.
 
     Like a store (or a client pool) far slower than the demand: requests past
@@ -297,7 +297,7 @@ class SlowStorage:
     """
 
     def __init__(self, connections: int) -> None:
-        self.inner = MemoryStorage()
+        super().__init__(MemoryStorage())
         self.delay = 0.0
         self._pool = asyncio.Semaphore(connections)
 
@@ -313,12 +313,6 @@ class SlowStorage:
     async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
         await self._slow()
         return await self.inner.put_if_match(key, body, etag)
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
 
     def describe(self, key: str) -> str:
         return "slow+" + self.inner.describe(key)

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from elector_helpers import PassThroughStorage
 from fastelect.errors import (
     ConfigError,
     ObjectNotFound,
@@ -241,23 +242,11 @@ class DeleteDenied(MemoryStorage):
         raise StorageAuthError("AccessDenied: s3:DeleteObject not allowed")
 
 
-class NoDelete:
+class NoDelete(PassThroughStorage):
     """A third-party storage with only the protocol's methods."""
 
     def __init__(self) -> None:
-        self.inner = MemoryStorage()
-
-    async def get(self, key: str) -> tuple[bytes, str]:
-        return await self.inner.get(key)
-
-    async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
-        return await self.inner.put_if_match(key, body, etag)
-
-    async def check(self) -> None:
-        await self.inner.check()
-
-    async def close(self) -> None:
-        await self.inner.close()
+        super().__init__(MemoryStorage())
 
     def describe(self, key: str) -> str:
         return f"nodelete://{key}"
