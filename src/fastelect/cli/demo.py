@@ -20,9 +20,9 @@ polls at the frequent rate, which is what the bounds above assume.  With
 be shared); a "crash" there cuts a node off from the store, which to the
 others looks exactly like a dead leader.
 
-Failover times are measured on CLOCK_MONOTONIC, which every process on a
-host shares: from the moment the signal is sent to the moment the new
-leader's conditional write succeeded (its ``on_acquire`` hook).
+Failover times are measured on the lease clock (CLOCK_BOOTTIME), which every
+process on a host shares: from the moment the signal is sent to the moment the
+new leader's conditional write succeeded (its ``on_acquire`` hook).
 """
 
 from __future__ import annotations
@@ -196,19 +196,21 @@ class _Node:
 
     name: str
     pid: int | None = None
-    #: starting, follower, leader, killed, stopped, or exited (by itself: a failure).
+    #: starting, follower, leader, killed, stopping, stopped, or exited (by itself: a
+    #: failure).  "stopping" is set before the demo signals a node, so a node that
+    #: ends because the demo stopped it is never mistaken for one that failed.
     role: str = "starting"
     term: int = 0
     leader_id: str = ""
-    #: CLOCK_MONOTONIC ns when its lease ends, as last reported.
+    #: Lease-clock ns (CLOCK_BOOTTIME) when its lease ends, as last reported.
     lease_until_ns: int = 0
-    #: (CLOCK_MONOTONIC ns, term) of every acquisition it reported.
+    #: (lease-clock ns, term) of every acquisition it reported.
     acquired: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def down(self) -> bool:
         """Killed or stopped: its reports no longer count."""
-        return self.role in ("killed", "stopped", "exited")
+        return self.role in ("killed", "stopping", "stopped", "exited")
 
     def leading(self, now_ns: int) -> bool:
         """Leader with a lease that has not run out."""
@@ -279,10 +281,13 @@ class _ProcessNode(_Handle):
     async def stop(self, grace: float) -> None:
         if self._child is None:
             return
+        if self._node.role not in ("killed", "exited"):
+            # Before the signal: its stdout may reach EOF before terminate() returns.
+            self._node.role = "stopping"
         if self._child.returncode is None:
             await self._child.terminate(grace)
         await self._reap()
-        if self._node.role != "killed":
+        if self._node.role == "stopping":
             self._node.role = "stopped"
 
     async def _reap(self) -> None:
@@ -692,14 +697,18 @@ class _Demo:
         self.view.update(lines)
 
     def log_tails(self) -> str:
-        """The end of each node's log, for a failure report."""
+        """The end of each node's log, for a failure report (a node that failed always shows)."""
         parts = []
         for node in self.nodes:
             path = self.workdir / f"{node.name}.log"
-            with contextlib.suppress(OSError):
+            try:
                 tail = path.read_bytes()[-1500:].decode(errors="replace").strip()
-                if tail:
-                    parts.append(f"--- {node.name} ---\n{tail}")
+            except OSError as exc:
+                tail = f"(its log could not be read: {exc})" if node.role == "exited" else ""
+            if not tail and node.role == "exited":
+                tail = "(its log is empty: it wrote nothing to stderr before it exited)"
+            if tail:
+                parts.append(f"--- {node.name} ({node.role}) ---\n{tail}")
         return "\n".join(parts)
 
 
