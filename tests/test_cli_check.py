@@ -149,7 +149,10 @@ def test_an_unreachable_endpoint_exits_2() -> None:
     store = s3_url(f"http://127.0.0.1:{free_port()}", "bucket") + "&timeout=1"
     done = check("--store", store)
     assert_could_not_check(done, "could not check", "127.0.0.1")
-    assert re.search(r"^result: +could not check: ", done.stdout, re.M), done.stdout
+    assert re.search(r"^result: +could not check \(the cause is on stderr\)$", done.stdout, re.M)
+    # The cause once (on stderr), and one line for the checks that did not run.
+    assert "127.0.0.1" not in done.stdout.split("probe:")[1], done.stdout
+    assert done.stdout.count("not run") == 1, done.stdout
 
 
 @pytest.mark.s3

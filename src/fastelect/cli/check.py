@@ -101,9 +101,14 @@ def render(url: str, report: VerifyReport) -> str:
     """The human-readable report (what ``fastelect check`` prints without ``--json``)."""
     width = max(len(check.name) for check in report.checks)
     lines = [f"store:   {url}", f"probe:   {report.probe}", "checks:"]
-    lines += [
-        f"  {_MARK[check.passed]}  {check.name:<{width}}  {check.detail}" for check in report.checks
-    ]
+    ran = [check for check in report.checks if check.passed is not None]
+    lines += [f"  {_MARK[check.passed]}  {check.name:<{width}}  {check.detail}" for check in ran]
+    skipped = [check for check in report.checks if check.passed is None]
+    if skipped:
+        # One line for what did not run, not one per check: the cause is said once.
+        names = ", ".join(check.name for check in skipped)
+        why = skipped[0].detail.removeprefix("not run: ")
+        lines.append(f"  {_MARK[None]}  not run ({why}): {names}")
     lines.append(f"clock:   {report.clock_detail}")
     lines.append(f"cleanup: {report.cleanup}")
     if report.verdict == "fit":
@@ -118,6 +123,7 @@ def render(url: str, report: VerifyReport) -> str:
             " this store: two nodes could both believe they lead"
         )
     else:
-        result = f"could not check: {report.error}"
+        # The cause is printed once, on stderr, by command().
+        result = "could not check (the cause is on stderr)"
     lines.append(f"result:  {result}")
     return "".join(line + "\n" for line in lines)
