@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -90,3 +91,14 @@ def test_the_failure_report_shows_a_failed_node_even_with_an_empty_log(tmp_path:
     assert f"--- {failed.name} (exited) ---" in report
     assert "its log is empty" in report
     assert calm.name not in report  # nothing to say about a node that did not fail
+
+
+def test_demo_help_names_the_default_lock() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fastelect.cli", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done
+    assert "fastelect-demo/leader.json" in "".join(done.stdout.split()), done.stdout

@@ -100,7 +100,11 @@ def add_parser(subparsers: Any) -> None:
         help="roughly how long the demo runs (default 20)",
     )
     p.add_argument(
-        "--lock", type=_util.lock_key, default=DEFAULT_LOCK, metavar="KEY", help="lock object key"
+        "--lock",
+        type=_util.lock_key,
+        default=DEFAULT_LOCK,
+        metavar="KEY",
+        help=f"lock object key inside the store (default: {DEFAULT_LOCK})",
     )
     _util.add_timing_args(p, lease=2.0, frequent=0.5, infrequent=None)
     p.add_argument(
