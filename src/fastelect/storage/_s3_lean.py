@@ -24,6 +24,7 @@ the status as the code and its reason phrase as the message).
 from __future__ import annotations
 
 import http.client
+import inspect
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
@@ -42,6 +43,41 @@ __all__ = ["LeanResponse", "LeanS3", "LeanUnsupported", "S3ErrorAnswer", "parse_
 _ERROR_BODY_LIMIT = 16 * 1024
 #: At most this many keys' URLs are cached (an elector uses one or two).
 _URL_CACHE_SIZE = 1024
+
+
+#: S3 Express One Zone directory buckets are named ``<base>--<zone id>--x-s3``.
+DIRECTORY_BUCKET_SUFFIX = "--x-s3"
+#: The events whose handlers shape a GetObject or PutObject request on the wire.
+_REQUEST_EVENTS = (
+    "provide-client-params",
+    "before-parameter-build",
+    "before-call",
+    "request-created",
+    "before-sign",
+    "before-send",
+)
+#: Where the handlers botocore and aiobotocore register themselves come from.
+_LIBRARY_MODULES = ("botocore", "aiobotocore", "fastelect")
+
+
+def foreign_request_hooks(client: Any) -> list[str]:
+    """Handlers not from botocore/aiobotocore on the events of GetObject/PutObject.
+
+    The lean path builds those two requests itself, so it would skip them.
+    """
+    emitter = getattr(client.meta.events, "_emitter", client.meta.events)
+    found: list[str] = []
+    for operation in ("GetObject", "PutObject"):
+        for event in _REQUEST_EVENTS:
+            for handler in emitter._handlers.prefix_search(f"{event}.s3.{operation}"):
+                target = getattr(handler, "func", handler)  # functools.partial
+                module = getattr(target, "__module__", None) or type(target).__module__
+                if module.split(".")[0] in _LIBRARY_MODULES:
+                    continue
+                name = f"{event}: {module}.{getattr(target, '__qualname__', type(target).__name__)}"
+                if name not in found:
+                    found.append(name)
+    return found
 
 
 class LeanUnsupported(Exception):
@@ -146,7 +182,34 @@ class LeanS3:
 
     @classmethod
     async def create(cls, client: Any, bucket: str) -> LeanS3:
-        """The lean path over ``client``, or :class:`LeanUnsupported` if it cannot be faithful."""
+        """The lean path over ``client``, or :class:`LeanUnsupported` if it cannot be faithful.
+
+        Refused (the caller then sends everything through aiobotocore): S3
+        Express directory buckets, which sign with CreateSession tokens;
+        request hooks registered on the session for GetObject or PutObject
+        (how SSE-C keys, requested checksums or extra headers are added); a
+        credentials object the lean path cannot refresh; an HTTP proxy;
+        non-SigV4 signing (found at the first request).
+        """
+        if bucket.endswith(DIRECTORY_BUCKET_SUFFIX):
+            raise LeanUnsupported(
+                "an S3 Express directory bucket (its requests are signed with"
+                " CreateSession tokens, which only aiobotocore obtains)"
+            )
+        hooks = foreign_request_hooks(client)
+        if hooks:
+            raise LeanUnsupported(
+                "request hooks are registered on the session for GetObject/PutObject"
+                f" ({', '.join(hooks)}); they may add headers such as SSE-C keys or checksums"
+            )
+        credentials = client._request_signer._credentials
+        if credentials is not None and hasattr(credentials, "refresh_needed"):
+            frozen = getattr(credentials, "get_frozen_credentials", None)
+            if not inspect.iscoroutinefunction(frozen):
+                raise LeanUnsupported(
+                    f"credentials of type {type(credentials).__name__} refresh synchronously;"
+                    " the lean path refreshes only aiobotocore's"
+                )
         try:
             http_session = client._endpoint.http_session
             proxy_config = http_session._proxy_config

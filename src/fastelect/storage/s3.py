@@ -161,8 +161,11 @@ class S3Storage:
     botocore's pipeline -- about a quarter of the client CPU per request.
     Both paths send equivalent requests and raise the same errors (tested on
     moto and SeaweedFS). ``lean=False`` sends everything through aiobotocore;
-    so does a client the lean path cannot mirror faithfully (an HTTP proxy,
-    non-SigV4 signing), with a warning. :meth:`check`, :meth:`delete` and
+    so does a client the lean path cannot mirror faithfully, logged once at
+    INFO: an S3 Express directory bucket, request hooks registered on
+    ``session`` for GetObject/PutObject (SSE-C keys, requested checksums,
+    extra headers), credentials that refresh synchronously, an HTTP proxy,
+    non-SigV4 signing (docs/configuration.md#the-lean-s3-path). :meth:`check`, :meth:`delete` and
     :meth:`server_time` always use aiobotocore.
 
     Below botocore, aiohttp resends a PUT once if the connection drops before
@@ -389,7 +392,8 @@ class S3Storage:
                     try:
                         self._lean = await LeanS3.create(self._client, self._bucket)
                     except LeanUnsupported as exc:
-                        _log.warning(
+                        # A supported configuration, not a fault: said once, at INFO.
+                        _log.info(
                             "S3Storage(s3://%s): the lean request path is off: %s;"
                             " using aiobotocore for every request",
                             self._bucket,
