@@ -77,6 +77,7 @@ def test_a_directory_is_fit_and_left_clean(tmp_path: Path) -> None:
     ):
         assert re.search(rf"^  pass  {name} ", done.stdout, re.M), done.stdout
     assert re.search(r"^clock: +not applicable", done.stdout, re.M), done.stdout
+    assert re.search(r"^guard: +not applicable", done.stdout, re.M), done.stdout
     assert re.search(r"^cleanup: deleted file://.*locks%2F\.fastelect-check-", done.stdout, re.M)
     assert re.search(r"^result: +fit: ", done.stdout, re.M), done.stdout
     assert list(tmp_path.iterdir()) == []
@@ -297,3 +298,39 @@ def test_the_docs_shell_sample_runs(tmp_path: Path, moto_server: str, s3_bucket:
     assert done.returncode == 1 and done.stderr.endswith(
         f"could not check file://{tmp_path / 'missing'}\n"
     ), done
+
+
+# -- the bucket's own guard: are unconditional overwrites refused? (information) ------
+
+
+@pytest.mark.s3
+def test_a_bucket_that_allows_unconditional_writes_is_fit_with_a_pointer_to_the_policy(
+    moto_server: str, s3_bucket: str
+) -> None:
+    prefix = f"guard-{uuid.uuid4().hex[:12]}"
+    done = check("--store", s3_url(moto_server, s3_bucket, prefix))
+    assert done.returncode == 0 and done.stderr == "", done
+    (line,) = [x for x in done.stdout.splitlines() if x.startswith("guard:")]
+    assert "was allowed" in line and "docs/operations.md#require-conditional-writes" in line
+    assert keys_under(moto_server, s3_bucket, prefix) == []  # the probe is gone anyway
+    done = check("--store", s3_url(moto_server, s3_bucket, prefix), "--json")
+    report = json.loads(done.stdout)
+    assert report["guard_enforced"] is False and report["verdict"] == "fit", report
+
+
+@pytest.mark.s3
+def test_a_bucket_policy_requiring_conditional_writes_is_reported(
+    moto_server: str, s3_bucket: str
+) -> None:
+    prefix = f"guard-{uuid.uuid4().hex[:12]}"
+    # The proxy answers what S3 answers under a policy that denies PutObject
+    # without s3:if-match / s3:if-none-match; conditional writes pass through.
+    with S3Proxy(moto_server, strip=(), require_conditions=True) as proxy:
+        done = check("--store", s3_url(proxy.url, s3_bucket, prefix), "--json")
+        assert proxy.refused == 1, "the guard probe sent no unconditional write"
+    assert done.returncode == 0, done
+    report = json.loads(done.stdout)
+    assert report["verdict"] == "fit", report
+    assert report["guard_enforced"] is True, report
+    assert "requires conditional writes" in report["guard_detail"]
+    assert keys_under(moto_server, s3_bucket, prefix) == []

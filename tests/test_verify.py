@@ -34,7 +34,7 @@ from fastelect.storage import (
     VerifyReport,
     verify_storage,
 )
-from fastelect.storage.verify import CHECK_NAMES, PROBE_NAME
+from fastelect.storage.verify import CHECK_NAMES, PROBE_NAME, SupportsUnconditionalPut
 from helpers import S3_BUCKET, MotoAuth, boto3_client, free_port, make_s3_storage
 from verify_helpers import S3Proxy
 
@@ -67,7 +67,10 @@ async def test_every_backend_is_fit_and_cleans_up(storage: Storage) -> None:
     # The probe really talked to the store: create, create again, replace,
     # stale replace; a read after each successful write and one after the delete.
     stats = storage.stats  # type: ignore[attr-defined]
-    assert (stats.puts, stats.gets) == (4, 3)
+    # Stores that can write unconditionally (S3) are also asked for their guard.
+    guard = 1 if isinstance(storage, SupportsUnconditionalPut) else 0
+    assert (stats.puts, stats.gets) == (4 + guard, 3)
+    assert (report.guard_enforced is None) == (guard == 0), report
     with pytest.raises(ObjectNotFound):
         await storage.get(report.key)
     if isinstance(storage, FileStorage):

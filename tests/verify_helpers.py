@@ -52,12 +52,18 @@ class S3Proxy:
         *,
         strip: Iterable[str] = ("if-match", "if-none-match"),
         date_shift: float = 0.0,
+        require_conditions: bool = False,
     ) -> None:
         parts = urlsplit(upstream)
         assert parts.hostname and parts.port, upstream
         self.upstream = (parts.hostname, parts.port)
         self.strip = frozenset(name.lower() for name in strip)
         self.date_shift = date_shift
+        #: Answer a PUT with neither If-Match nor If-None-Match 403 AccessDenied,
+        #: as S3 does under a bucket policy on s3:if-match / s3:if-none-match.
+        self.require_conditions = require_conditions
+        #: Unconditional PUTs refused that way.
+        self.refused = 0
         self.stripped: dict[str, int] = {}
         self.url = ""
         self._lock = threading.Lock()
@@ -97,6 +103,24 @@ class S3Proxy:
     def _forward(self, handler: BaseHTTPRequestHandler) -> None:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
+        if (
+            self.require_conditions
+            and handler.command == "PUT"
+            and "if-match" not in handler.headers
+            and "if-none-match" not in handler.headers
+        ):
+            with self._lock:
+                self.refused += 1
+            denied = (
+                b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+                b"<Message>Access Denied</Message></Error>"
+            )
+            handler.send_response_only(403, "Forbidden")
+            handler.send_header("Content-Type", "application/xml")
+            handler.send_header("Content-Length", str(len(denied)))
+            handler.end_headers()
+            handler.wfile.write(denied)
+            return
         headers: dict[str, str] = {}
         for name, value in handler.headers.items():
             low = name.lower()

@@ -110,6 +110,7 @@ def render(url: str, report: VerifyReport) -> str:
         why = skipped[0].detail.removeprefix("not run: ")
         lines.append(f"  {_MARK[None]}  not run ({why}): {names}")
     lines.append(f"clock:   {report.clock_detail}")
+    lines.append(f"guard:   {report.guard_detail}")
     lines.append(f"cleanup: {report.cleanup}")
     if report.verdict == "fit":
         result = (

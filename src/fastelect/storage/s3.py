@@ -499,6 +499,27 @@ class S3Storage:
         except _REQUEST_ERRORS as exc:
             raise self._map_error(exc, "DeleteObject", full_key) from exc
 
+    async def put_unconditional(self, key: str, body: bytes) -> str:
+        """PutObject ``key`` with no condition: only ``fastelect check``'s guard probe.
+
+        Electors never write without ``If-Match`` / ``If-None-Match``; this
+        asks whether the bucket's policy refuses a write that has neither.
+        """
+        full_key = self._full_key(key)
+        client = await self._get_client()
+        self.stats.puts += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                response = await client.put_object(
+                    Bucket=self._bucket,
+                    Key=full_key,
+                    Body=bytes(body),
+                    ContentType="application/json",
+                )
+        except _REQUEST_ERRORS as exc:
+            raise self._map_error(exc, "PutObject", full_key) from exc
+        return self._etag(response.get("ETag"), "PutObject", full_key)
+
     async def server_time(self) -> tuple[int, int, float | None]:
         """HeadBucket, timed on this host: (ns before, ns after, the store's Date or None).
 

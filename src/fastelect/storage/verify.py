@@ -19,6 +19,13 @@ store, with the user's real credentials, by writing one throw-away object
 ``distinct-etags``
     Every successful write returned a non-empty etag no other write returned.
 
+Then, as information that does not change the verdict, it reports the
+bucket's own guard: whether an *unconditional* overwrite of the probe object
+is refused (an S3 bucket policy can require ``s3:if-match`` /
+``s3:if-none-match`` on PutObject, so no script or foreign client can clobber
+a lock by accident; docs/operations.md#require-conditional-writes). Only
+stores that can send an unconditional write (S3) are asked.
+
 It also estimates the store's clock offset from this host (S3: the ``Date``
 header of a HeadBucket; not applicable to local stores), then deletes the
 object and says what was left behind if it could not. Electors never depend
@@ -53,6 +60,7 @@ __all__ = [
     "CheckResult",
     "SupportsDelete",
     "SupportsServerTime",
+    "SupportsUnconditionalPut",
     "VerifyReport",
     "verify_storage",
 ]
@@ -98,6 +106,15 @@ class SupportsServerTime(Protocol):
         ...
 
 
+@runtime_checkable
+class SupportsUnconditionalPut(Protocol):
+    """A store that can write without a condition (only the guard probe does)."""
+
+    async def put_unconditional(self, key: str, body: bytes) -> str:
+        """Write ``body`` at ``key`` whatever is there; return the new etag."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     """The outcome of one check."""
@@ -137,6 +154,13 @@ class VerifyReport:
     error: str | None = None
     #: Seconds the probe took.
     duration: float = 0.0
+    #: Whether the store refused an unconditional overwrite of the probe: True
+    #: refused (a policy requires conditional writes), False allowed, None not
+    #: asked (local store, or the probe stopped) or not measured.  Information
+    #: only: it never changes the verdict.
+    guard_enforced: bool | None = None
+    #: What the guard probe did, for humans.
+    guard_detail: str = ""
 
     @property
     def verdict(self) -> Literal["fit", "unfit", "unknown"]:
@@ -174,6 +198,8 @@ class VerifyReport:
             "cleanup": self.cleanup,
             "error": self.error,
             "duration_seconds": round(self.duration, 3),
+            "guard_enforced": self.guard_enforced,
+            "guard_detail": self.guard_detail,
         }
 
 
@@ -404,6 +430,29 @@ async def _clock(storage: Storage) -> tuple[float | None, float | None, str]:
     )
 
 
+GUARD_DOC = "docs/operations.md#require-conditional-writes"
+
+
+async def _guard(probe: _Probe) -> tuple[bool | None, str]:
+    """(enforced, detail): is an unconditional overwrite of the probe refused?"""
+    storage = probe.storage
+    if not isinstance(storage, SupportsUnconditionalPut):
+        return None, "not applicable: only S3 stores take bucket policies"
+    try:
+        await storage.put_unconditional(probe.key, b'{"fastelect-check": "guard"}')
+    except StorageAuthError:
+        return True, (
+            "an unconditional overwrite under the prefix was refused (403): the bucket"
+            " requires conditional writes there"
+        )
+    except StorageError as exc:
+        return None, f"not measured: {_short(exc)}"
+    return False, (
+        "an unconditional overwrite under the prefix was allowed: any client with write"
+        f" access can clobber a lock; a bucket policy can forbid that ({GUARD_DOC})"
+    )
+
+
 async def _cleanup(probe: _Probe) -> tuple[tuple[str, ...], str]:
     """Delete the probe object; (left behind, what happened)."""
     storage = probe.storage
@@ -445,10 +494,14 @@ async def verify_storage(storage: Storage, *, prefix: str = "") -> VerifyReport:
     offset: float | None = None
     uncertainty: float | None = None
     clock_detail = "not measured: the probe stopped before it"
+    guard: bool | None = None
+    guard_detail = "not asked: the probe stopped before it"
     try:
         await storage.check()
         await probe.run()
         offset, uncertainty, clock_detail = await _clock(storage)
+        if probe.maybe_written:
+            guard, guard_detail = await _guard(probe)
     except StorageError as exc:
         error = " ".join(str(exc).split()) or type(exc).__name__
     finally:
@@ -468,4 +521,6 @@ async def verify_storage(storage: Storage, *, prefix: str = "") -> VerifyReport:
         cleanup=cleanup,
         error=error,
         duration=time.monotonic() - started,
+        guard_enforced=guard,
+        guard_detail=guard_detail,
     )
