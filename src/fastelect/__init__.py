@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         TLSError,
     )
     from .health import HealthServer, HealthServerConfig
+    from .host import HostLeadership
     from .record import LockRecord
     from .scheduler import Scheduler, SchedulerStats
     from .storage import FileStorage, MemoryStorage, S3Storage, Storage
@@ -73,6 +74,7 @@ _LAZY: dict[str, str] = {
     "Elector": ".elector",
     "LeadershipLost": ".elector",
     "LeadershipStatus": ".elector",
+    "HostLeadership": ".host",
     "BucketNotFound": ".errors",
     "ConfigError": ".errors",
     "FastelectError": ".errors",
@@ -109,6 +111,7 @@ __all__ = [
     "HealthServer",
     "HealthServerConfig",
     "HealthServerError",
+    "HostLeadership",
     "LeadershipLost",
     "LeadershipStatus",
     "LeadershipTable",
