@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
 import subprocess
@@ -102,3 +103,27 @@ def test_demo_help_names_the_default_lock() -> None:
     )
     assert done.returncode == 0, done
     assert "fastelect-demo/leader.json" in "".join(done.stdout.split()), done.stdout
+
+
+def test_storage_timeout_flag_reaches_the_config_and_names_itself_in_errors() -> None:
+    from fastelect.cli import _util
+
+    parser = argparse.ArgumentParser()
+    _util.add_timing_args(parser, lease=15.0, frequent=5.0, infrequent=30.0)
+    args = parser.parse_args(["--storage-timeout", "5"])
+    config = _util.elector_config(args, lockfile_path="x.json", server_id="a")
+    assert config.storage_timeout == 5.0
+    default = _util.elector_config(parser.parse_args([]), lockfile_path="x.json", server_id="a")
+    assert default.storage_timeout == 2.0  # min(2, T / 3)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--storage-timeout", "0"])
+
+
+def test_run_accepts_storage_timeout() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "fastelect.cli", "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "--storage-timeout" in done.stdout, done

@@ -5,7 +5,7 @@ One elector per host (``fastelect run --shm NAME``, a sidecar, or an
 publishes its leadership into shared memory; every worker on the host (a
 gunicorn or uvicorn worker, a ``multiprocessing`` pool) asks a
 :class:`HostLeadership` instead of campaigning itself.  See
-docs/sync-apps.md#one-elector-per-host.
+docs/sync-apps.md#multi-process-servers-one-elector-per-host-workers-attach.
 """
 
 from __future__ import annotations

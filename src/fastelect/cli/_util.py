@@ -190,6 +190,14 @@ def add_timing_args(
         help="cut from the leader's own view of its lease to absorb clock-rate drift "
         "(default: leader timeout / 10)",
     )
+    group.add_argument(
+        "--storage-timeout",
+        type=positive_seconds,
+        default=None,
+        metavar="S",
+        help="bound on each storage call; a leader's writes are further bounded by what is "
+        "left of its lease (default: min(2, leader timeout / 3))",
+    )
 
 
 def elector_config(args: argparse.Namespace, **fields: Any) -> ElectorConfig:
@@ -201,6 +209,7 @@ def elector_config(args: argparse.Namespace, **fields: Any) -> ElectorConfig:
             frequent_interval=args.frequent_interval,
             infrequent_interval=args.frequent_interval if infrequent is None else infrequent,
             safety_margin=args.safety_margin,
+            storage_timeout=getattr(args, "storage_timeout", None),
             **fields,
         )
     except ConfigError as exc:

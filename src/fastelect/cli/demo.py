@@ -514,6 +514,8 @@ class _Demo:
             repr(self.frequent),
             "--safety-margin",
             repr(self.margin),
+            "--storage-timeout",
+            repr(float(self.config.storage_timeout)),  # type: ignore[arg-type]
         ]
         log = open(self.workdir / f"{node.name}.log", "ab")  # noqa: SIM115 - closed in run()
         self._logs.append(log)
