@@ -372,6 +372,59 @@ def test_restart_runs_the_child_again_under_the_same_term(tmp_path: Path, procs:
     assert set(runs.read_text().split()) == {"1"}
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_and_sighup_stop_the_child_and_release(
+    sig: signal.Signals, tmp_path: Path, procs: Procs, child_script: Path
+) -> None:
+    store = f"file://{tmp_path / 'store'}"
+    out = tmp_path / "out.txt"
+    sidecar = procs.start(*sidecar_args(store, "a", out, child_script), name="a")
+    first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
+    sidecar.send_signal(sig)
+    assert sidecar.wait(timeout=15) == 0, procs.log("a")
+    assert pid_gone(first.pid)
+    assert [x.kind for x in read_lines(out)][-1] == "TERM"  # stopped in order, not killed
+    assert f"received {sig.name}: stopping" in procs.log("a")
+    status = cli("status", "--store", store, "--json")
+    assert status.returncode == 3 and json.loads(status.stdout)["state"] == "released"
+
+
+def test_the_child_environment_names_the_lock_term_leader_and_table(tmp_path: Path) -> None:
+    store_dir = tmp_path / "store"
+    script = (
+        "import json, os\n"
+        "print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('FASTELECT_')}))"
+    )
+    done = cli(
+        "run",
+        "--store",
+        f"file://{store_dir}",
+        "--id",
+        "a",
+        "--lock",
+        "jobs/nightly.json",
+        "--shm",
+        f"env-{os.getpid()}",
+        "-q",
+        "--",
+        sys.executable,
+        "-c",
+        script,
+    )
+    assert done.returncode == 0, done.stderr
+    env = json.loads(done.stdout)
+    # The stored object's own name (what storage.describe() logs), so a child
+    # can say which lock it runs under.
+    lock = env.pop("FASTELECT_LOCK")
+    assert lock == f"file://{store_dir.resolve()}/jobs%2Fnightly.json"
+    assert Path(lock.removeprefix("file://")).is_file()
+    assert env == {
+        "FASTELECT_TERM": "1",
+        "FASTELECT_LEADER_ID": "a",
+        "FASTELECT_SHM": f"env-{os.getpid()}",
+    }
+
+
 @pytest.mark.slow
 def test_lease_running_out_without_renewal_stops_the_child_before_the_deadline(
     tmp_path: Path, procs: Procs, child_script: Path
