@@ -34,7 +34,7 @@ watchdog itself is SIGKILLed, the sidecar stops what is left (all of it
 with a cgroup; only the child itself otherwise).
 
 This file runs as a script, ``python -I -S _watchdog.py …``, for a faster,
-smaller start than the whole package's 0.3 s and 47 MB: ready in 60–100 ms
+smaller start than the whole package's 0.3 s and 47 MB: ready in 60-100 ms
 (median 87 ms; a bare ``python -I -S`` takes 50 ms of it) with 19 MB RSS,
 8.5 MB of it private, measured on the 2-core test VM.  At module level it
 therefore imports only the standard library; :class:`StopSchedule` and
