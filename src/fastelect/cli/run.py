@@ -262,10 +262,14 @@ class Sidecar:
         #: How watchdogs hold the child's tree: "cgroup" or "subreaper".
         self._containment: str = "subreaper"
 
-    def _choose_containment(self) -> None:
-        """Pick (and log) how the child's whole tree is held and stopped."""
+    def _choose_containment(self) -> str:
+        """Pick how the child's whole tree is held and stopped; the line to log ("" for none).
+
+        Chosen before anything starts (a bad setting is bad input), logged
+        once the store answered (a store that fails stays one line).
+        """
         if not (self._command and Watchdog.AVAILABLE and self._table_name):
-            return
+            return ""
         wanted = os.environ.get(_tree.ENV, "auto") or "auto"
         if wanted not in ("auto", *_tree.MECHANISMS):
             raise ConfigError(_tree.ENV, f"must be auto, cgroup or subreaper, not {wanted!r}")
@@ -275,17 +279,15 @@ class Sidecar:
             raise _util.CLIError(f"{_tree.ENV}=cgroup: {exc.strerror}") from exc
         if base is not None:
             _tree.sweep_stale(base)
-            _log.info(
+            return (
                 "the child's whole tree is stopped at the lease: a cgroup of its own "
-                "below %s (cgroup.kill)",
-                base,
+                f"below {base} (cgroup.kill)"
             )
-        else:
-            _log.info(
-                "the child's whole tree is stopped at the lease: its watchdog is a child "
-                "subreaper and stops every descendant (no delegated cgroup v2 here%s)",
-                f", {_tree.ENV}=subreaper" if wanted == "subreaper" else "",
-            )
+        why = f"{_tree.ENV}=subreaper" if wanted == "subreaper" else "no delegated cgroup v2 here"
+        return (
+            "the child's whole tree is stopped at the lease: its watchdog is a child "
+            f"subreaper and stops every descendant ({why})"
+        )
 
     async def run(self) -> int:
         """Campaign and supervise until stopped or the child ends; the exit status."""
@@ -297,12 +299,14 @@ class Sidecar:
         elector: Elector | None = None
         health: HealthServer | None = None
         try:
-            self._choose_containment()
+            containment = self._choose_containment()
             storage = self._spec.create()
             if self._table_name:
                 table = LeadershipTable(self._table_name, slots=1)
             elector = Elector(self._config, storage, table=table)
             await elector.start()
+            if containment:
+                _log.info("%s", containment)
             if self._health_bind:
                 health = await self._start_health()
             return await self._supervise(elector, storage)
