@@ -9,14 +9,17 @@ The sidecar campaigns; while it leads it runs the command as a child
 (the fencing token) and ``FASTELECT_LEADER_ID`` in its environment.
 
 * Leadership lost: SIGTERM to the child, SIGKILL after ``--grace``, campaign on.
-* The lease is about to run out without a renewal: SIGTERM; SIGKILL just
+* The lease is about to run out without a renewal: SIGTERM; SIGKILL 50 ms
   before the deadline, whatever ``--grace`` says.  On Linux a watchdog
   process does this, so it happens even while the sidecar itself is frozen
-  (see :mod:`._child` and :mod:`._watchdog`).
+  (see :mod:`._child` and :mod:`._watchdog`), and to the child's whole
+  tree: a cgroup, or the watchdog as a child subreaper (:mod:`._tree`).  The
+  child is started again only once a lease long enough for it is held (a
+  renewal landed, or this node leads again), never in a loop meanwhile.
 * The child exits by itself: release the lock and exit with its status
   (128 + N if a signal N killed it), or start it again with ``--restart``.
 * SIGTERM, SIGINT or SIGHUP to the sidecar: stop the child, release, exit 0.
-* The sidecar is SIGKILLed: the kernel kills the child (PR_SET_PDEATHSIG).
+* The sidecar is SIGKILLed: the watchdog stops the child's tree.
 
 The leadership is always published in a shared-memory table (the
 watchdog reads the lease from it): ``--shm NAME``, else ``run-PID``,
@@ -43,8 +46,8 @@ from ..elector import Elector, LeadershipLost
 from ..errors import ConfigError, TLSError
 from ..storage import Storage
 from ..tls import TLSCertificate
-from . import _util
-from ._child import Child, LeaseGuard, Watchdog, spawn
+from . import _tree, _util
+from ._child import Child, LeaseGuard, Watchdog, WatchedChild, spawn
 from ._watchdog import stop_leads
 from .stores import StoreSpec, parse_store_url
 
@@ -216,7 +219,8 @@ def _addr_from_bind(bind: str | None) -> str:
 class _Watch:
     """How a child's run ended."""
 
-    child: Child
+    #: None when the watchdog did not let it start.
+    child: Child | WatchedChild | None
     outcome: Outcome
     #: The signal the lease guard or watchdog sent the child (0: none).
     guard_signal: int = 0
@@ -255,6 +259,35 @@ class Sidecar:
         self._term_lead_ns, self._kill_lead_ns = stop_leads(
             config.lease, config.frequent, config.ns("safety_margin") / _NS, grace
         )
+        #: How watchdogs hold the child's tree: "cgroup" or "subreaper".
+        self._containment: str = "subreaper"
+
+    def _choose_containment(self) -> str:
+        """Pick how the child's whole tree is held and stopped; the line to log ("" for none).
+
+        Chosen before anything starts (a bad setting is bad input), logged
+        once the store answered (a store that fails stays one line).
+        """
+        if not (self._command and Watchdog.AVAILABLE and self._table_name):
+            return ""
+        wanted = os.environ.get(_tree.ENV, "auto") or "auto"
+        if wanted not in ("auto", *_tree.MECHANISMS):
+            raise ConfigError(_tree.ENV, f"must be auto, cgroup or subreaper, not {wanted!r}")
+        try:
+            self._containment, base = _tree.choose(wanted)
+        except OSError as exc:
+            raise _util.CLIError(f"{_tree.ENV}=cgroup: {exc.strerror}") from exc
+        if base is not None:
+            _tree.sweep_stale(base)
+            return (
+                "the child's whole tree is stopped at the lease: a cgroup of its own "
+                f"below {base} (cgroup.kill)"
+            )
+        why = f"{_tree.ENV}=subreaper" if wanted == "subreaper" else "no delegated cgroup v2 here"
+        return (
+            "the child's whole tree is stopped at the lease: its watchdog is a child "
+            f"subreaper and stops every descendant ({why})"
+        )
 
     async def run(self) -> int:
         """Campaign and supervise until stopped or the child ends; the exit status."""
@@ -266,11 +299,14 @@ class Sidecar:
         elector: Elector | None = None
         health: HealthServer | None = None
         try:
+            containment = self._choose_containment()
             storage = self._spec.create()
             if self._table_name:
                 table = LeadershipTable(self._table_name, slots=1)
             elector = Elector(self._config, storage, table=table)
             await elector.start()
+            if containment:
+                _log.info("%s", containment)
             if self._health_bind:
                 health = await self._start_health()
             return await self._supervise(elector, storage)
@@ -321,9 +357,12 @@ class Sidecar:
                 env["FASTELECT_SHM"] = self._table_name
             watch = await self._run_child(elector, term, where, env)
             child = watch.child
-            status = _util.exit_status(child.returncode or 0)
             if watch.outcome == "stop":
                 return _util.EXIT_OK
+            if child is None:
+                _log.warning("the lease of term %d ran out before the child could start", term)
+                continue
+            status = _util.exit_status(child.returncode or 0)
             if watch.outcome == "unwatched":
                 _log.error(
                     "the lease watchdog of child %d exited unexpectedly: child stopped; "
@@ -344,10 +383,6 @@ class Sidecar:
                         child.pid,
                         signal.Signals(watch.guard_signal).name,
                     )
-                elif watch.refused:
-                    _log.warning(
-                        "the lease of term %d ran out before child %d could start", term, child.pid
-                    )
                 else:
                     _log.info("lost leadership of %s (term %d); campaigning again", where, term)
                 continue
@@ -364,20 +399,32 @@ class Sidecar:
                 return _util.EXIT_OK
 
     async def _until_leader(self, elector: Elector) -> bool:
-        """Wait for leadership; False if asked to stop first."""
-        if self._stopping.is_set():
-            return False
-        if elector.is_leader():
-            return True
-        lead = asyncio.ensure_future(elector.wait_for_leadership())
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait({lead, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (lead, stop):
-                task.cancel()
-            await asyncio.gather(lead, stop, return_exceptions=True)
-        return not self._stopping.is_set() and elector.is_leader()
+        """Wait until this node leads with room for a child; False if asked to stop first.
+
+        "Room": more of the lease is left than the SIGTERM lead.  With less,
+        a watchdog would refuse the child or stop it at once, so starting
+        one would only spin (as it did through a store outage: the lease
+        still valid, the child stopped, started again, stopped, ...).  Wait
+        instead for the deadline: by then a renewal has moved it on, or the
+        leadership is over and we wait to lead again.
+        """
+        while not self._stopping.is_set():
+            if elector.is_leader():
+                left = elector.slot.lease_remaining_ns()
+                if left > self._term_lead_ns:
+                    return True
+                if await self._sleep_or_stop(left / _NS + 0.001):
+                    return False
+                continue
+            lead = asyncio.ensure_future(elector.wait_for_leadership())
+            stop = asyncio.ensure_future(self._stopping.wait())
+            try:
+                await asyncio.wait({lead, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (lead, stop):
+                    task.cancel()
+                await asyncio.gather(lead, stop, return_exceptions=True)
+        return False
 
     async def _run_child(
         self, elector: Elector, term: int, where: str, env: dict[str, str]
@@ -386,35 +433,43 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         fired = asyncio.Event()
         watchdog: Watchdog | None = None
+        guard: LeaseGuard | None = None
+        child: Child | WatchedChild
         if Watchdog.AVAILABLE and self._table_name:
-            # Started first: the child registers with it before its command runs.
+            # The watchdog starts the child itself, once it sees the lease.
             try:
                 watchdog = await Watchdog.start(
+                    command=self._command,
+                    env=env,
                     table=self._table_name,
                     election=elector.election,
                     term=term,
                     term_lead_ns=self._term_lead_ns,
                     kill_lead_ns=self._kill_lead_ns,
+                    containment=self._containment,
                 )
             except OSError as exc:
                 raise _util.CLIError(f"cannot start the lease watchdog: {exc}") from exc
+            if watchdog.child is None:
+                await watchdog.stop()
+                return _Watch(None, "lost", refused=True)
+            child = watchdog.child
             fired = watchdog.fired
-        guard: LeaseGuard | None = None
-        try:
+        else:
             try:
-                child = await spawn(self._command, env=env, watchdog=watchdog)
+                child = await spawn(self._command, env=env)
             except OSError as exc:
                 raise _util.CLIError(f"cannot start {self._command[0]!r}: {exc}") from exc
-            _log.info(
-                "leader of %s (term %d): started %s as pid %d",
-                where,
-                term,
-                self._command[0],
-                child.pid,
-            )
-            if watchdog is not None:
-                watchdog.on_signal = _note_signal(child)
-            else:
+        _log.info(
+            "leader of %s (term %d): started %s as pid %d%s",
+            where,
+            term,
+            self._command[0],
+            child.pid,
+            f" (watched; its tree held by {watchdog.mechanism})" if watchdog is not None else "",
+        )
+        try:
+            if isinstance(child, Child):
                 # No watchdog process here: a thread bounds the child by the
                 # lease from now until it is reaped, including while it is
                 # being stopped below.
@@ -433,8 +488,6 @@ class Sidecar:
                         outcome, "leadership ended"
                     )
                     _log.info("%s: stopping child %d", why, child.pid)
-                    if watchdog is not None and not child.term_sent:
-                        watchdog.note_term()  # it must not send a second SIGTERM
                     await child.terminate(self._grace)
             finally:
                 # Also on cancellation or error: never leave the child behind.
@@ -446,14 +499,19 @@ class Sidecar:
                 child.close()
         finally:
             if watchdog is not None:
+                # Also stops whatever is left of the child's tree.
                 await watchdog.stop()
         if guard is not None:
             return _Watch(child, outcome, guard.fired)
         assert watchdog is not None
-        return _Watch(child, outcome, watchdog.signal, watchdog.refused)
+        return _Watch(child, outcome, watchdog.signal)
 
     async def _watch(
-        self, elector: Elector, child: Child, fired: asyncio.Event, watchdog: Watchdog | None
+        self,
+        elector: Elector,
+        child: Child | WatchedChild,
+        fired: asyncio.Event,
+        watchdog: Watchdog | None,
     ) -> Outcome:
         """Wait until the child exits, leadership ends, or we are told to stop."""
         exited = asyncio.ensure_future(child.wait())
@@ -472,14 +530,8 @@ class Sidecar:
         if self._stopping.is_set():
             return "stop"
         child_exited = exited in done
-        if watchdog is not None and watchdog.ended.is_set() and not child_exited:
-            if watchdog.gone:
-                # It saw the child reaped before our wait() returned: the
-                # child's own exit, which the checks below classify.
-                await child.wait()
-                child_exited = True
-            elif watchdog.unexpected_exit:
-                return "unwatched"
+        if watchdog is not None and watchdog.ended.is_set() and watchdog.unexpected_exit:
+            return "unwatched"
         # A child that exited because the guard signalled it, or once the
         # leadership was gone, did not "exit on its own".
         if not child_exited or fired.is_set() or not elector.is_leader():
@@ -503,16 +555,6 @@ def _wake_from_thread(
         loop.call_soon_threadsafe(event.set)
 
     return wake
-
-
-def _note_signal(child: Child) -> Callable[[int], None]:
-    """A watchdog callback: remember that the child got SIGTERM, so we send no second one."""
-
-    def note(sig: int) -> None:
-        if sig == signal.SIGTERM:
-            child.term_sent = True
-
-    return note
 
 
 async def _until_lost(elector: Elector) -> None:
