@@ -201,7 +201,7 @@ async def crafted(cert: TLSCertificate, handler: Handler) -> AsyncIterator[str]:
         (b'{"leaderID": 5}', "no string leaderID"),
         (b'{"leaderID": "n1", "etag": 3}', "no string leaderID"),
         (b"{}", "no string leaderID"),
-        (b'{"leaderID": "n1", "pad": "' + b"x" * 70_000 + b'"}', "larger than 64 KiB"),
+        (b'{"leaderID": "n1", "pad": "' + b"x" * 5_000 + b'"}', "larger than 4096 bytes"),
     ],
 )
 @pytest.mark.asyncio
@@ -214,6 +214,63 @@ async def test_checker_rejects_malformed_answers(
     async with crafted(cert, handler) as addr, checker(ca.cert_pem) as peer:
         answer = await peer.check(addr, PATH, "n1")
     assert not answer.ok and reason in answer.reason, answer
+
+
+@pytest.mark.asyncio
+async def test_checker_stops_reading_an_endless_answer(
+    ca: CertificateAuthority, cert: TLSCertificate
+) -> None:
+    # Chunked, no Content-Length: the size is known only by reading.
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        await response.prepare(request)
+        await response.write(b'{"leaderID": "n1", "pad": "')
+        for _ in range(1000):  # 1 MB if read to the end
+            await response.write(b"x" * 1000)
+        await response.write(b'"}')
+        await response.write_eof()
+        return response
+
+    async with crafted(cert, handler) as addr, checker(ca.cert_pem) as peer:
+        answer = await peer.check(addr, PATH, "n1")
+    assert not answer.ok and "larger than 4096 bytes" in answer.reason, answer
+
+
+@pytest.mark.asyncio
+async def test_checker_never_follows_a_redirect_to_plain_http(
+    ca: CertificateAuthority, cert: TLSCertificate
+) -> None:
+    # A correctly certified peer answers 302 to a plain-HTTP server that
+    # returns the leader's JSON: that answer did not come from the verified
+    # peer, over TLS, so it must never count.
+    plain_hits = 0
+
+    async def plaintext(request: web.Request) -> web.Response:
+        nonlocal plain_hits
+        plain_hits += 1
+        return web.json_response({"leaderID": "n1", "etag": "e"})
+
+    app = web.Application()
+    app.router.add_get(PATH, plaintext)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    plain_port = runner.addresses[0][1]
+    target = f"http://127.0.0.1:{plain_port}{PATH}"
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(target)
+
+    try:
+        async with crafted(cert, redirect) as addr, checker(ca.cert_pem) as peer:
+            answers = [await peer.check(addr, PATH, "n1") for _ in range(15)]
+    finally:
+        await runner.cleanup()
+    accepted = [a for a in answers if a.ok]
+    assert not accepted, f"{len(accepted)} of 15 answers via a redirect to {target} counted"
+    assert all(a.reason.startswith("HTTP 302") and target in a.reason for a in answers), answers
+    assert plain_hits == 0, f"the checker followed the redirect {plain_hits} times"
 
 
 @pytest.mark.asyncio

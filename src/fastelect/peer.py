@@ -3,7 +3,10 @@
 A stable follower in peer mode sends ``GET https://{leaderAddr}{path}`` over
 one pooled keep-alive HTTPS client that trusts only the configured CA and
 checks the certificate's hostname or IP.  An answer counts only if it is a
-200 whose JSON names the leader we expect; anything else sends the follower
+200 *from that peer itself* whose JSON (at most :data:`MAX_ANSWER_BYTES`)
+names the leader we expect: redirects are never followed (a 3xx is a failed
+check, wherever it points -- a plain-HTTP ``Location`` would otherwise let
+anyone on the path answer for the leader).  Anything else sends the follower
 back to reading storage.  A peer answer never makes anyone take over:
 takeover is always a CAS on the lock record.
 """
@@ -21,11 +24,19 @@ import orjson
 from .errors import TLSError
 from .tls import client_ssl_context
 
-__all__ = ["PeerAnswer", "PeerChecker"]
+__all__ = ["MAX_ANSWER_BYTES", "PeerAnswer", "PeerChecker"]
 
 _log = logging.getLogger(__name__)
-# A health answer is a small JSON object; anything bigger is not one.
-_MAX_ANSWER_BYTES = 64 * 1024
+#: A health answer is a small JSON object (a few hundred bytes: ids of at
+#: most a few hundred bytes each); a bigger body fails the check unread.
+MAX_ANSWER_BYTES = 4096
+#: Seconds an idle pooled connection is kept.  Below the health server's
+#: default ``idle_timeout`` (5 s), so the client drops a connection before
+#: the server may close it under a request being sent.
+_KEEPALIVE_S = 4.0
+
+
+_TOO_LARGE = f"answer is larger than {MAX_ANSWER_BYTES} bytes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +67,7 @@ class PeerChecker:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4, keepalive_timeout=60)
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4, keepalive_timeout=_KEEPALIVE_S)
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False
             )
@@ -69,15 +80,20 @@ class PeerChecker:
         url = f"https://{leader_addr}{path}"
         body = bytearray()
         try:
-            async with self._client().get(url) as resp:
+            # Only the verified peer's own answer counts: no redirects.
+            async with self._client().get(url, allow_redirects=False) as resp:
                 if resp.status != 200:
-                    return PeerAnswer(False, reason=f"HTTP {resp.status}")
+                    where = resp.headers.get("Location", "")
+                    to = f" to {where[:200]!r} (redirects are not followed)" if where else ""
+                    return PeerAnswer(False, reason=f"HTTP {resp.status}{to}")
+                if (resp.content_length or 0) > MAX_ANSWER_BYTES:
+                    return PeerAnswer(False, reason=_TOO_LARGE)
                 # Read to the end (one read() may return part of the body),
                 # but never more than a health answer can reasonably be.
-                async for chunk in resp.content.iter_chunked(8192):
+                async for chunk in resp.content.iter_chunked(MAX_ANSWER_BYTES):
                     body += chunk
-                    if len(body) > _MAX_ANSWER_BYTES:
-                        return PeerAnswer(False, reason="answer is larger than 64 KiB")
+                    if len(body) > MAX_ANSWER_BYTES:
+                        return PeerAnswer(False, reason=_TOO_LARGE)
         except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
             return PeerAnswer(False, reason=f"{type(exc).__name__}: {exc}")
         try:

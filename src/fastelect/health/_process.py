@@ -75,14 +75,67 @@ APP_TARGET = "fastelect.health.app:create_app"
 #: CPU-seconds per request in benchmarks/test_health_bench.py); granian offers
 #: it only before Python 3.12 and warns ("experimental") when it is used.
 TUNING: dict[str, Any] = {
-    "http": "auto",  # HTTP/1.1 and HTTP/2 by ALPN (auto)
+    # HTTP/1.1 only, and ALPN offers only http/1.1 (auto: h2 too).  Health
+    # checks are one small request per interval, so HTTP/2 buys nothing; and
+    # granian's "auto" mode waits for the first bytes to tell the versions
+    # apart with no timeout, so a connection that sends nothing stayed open
+    # for ever, and HTTP/2 buffered header blocks up to 16 MiB (issue 20).
+    "http": "1",
     "runtime_mode": "st",  # one Rust thread for I/O and TLS (auto: st for RSGI)
     "runtime_threads": 1,  # (1)
     "task_impl": "rust" if sys.version_info < (3, 12) else "asyncio",  # (asyncio)
-    "backpressure": None,  # (None: backlog / workers)
+    # (None: backlog / workers = 1,024): sized from the fd limit instead,
+    # see connection_limit().
+    "backpressure": None,
 }
 
+#: A request head (request line and headers) larger than this gets 431.
+#: hyper's smallest read buffer; a health request is a few hundred bytes.
+#: (granian's default is 8 KiB + 400 KiB.)
+MAX_HEADER_BYTES = 8192
+#: File descriptors a worker keeps for itself besides its connections: the
+#: interpreter, the listener, the table, log files, granian's runtime.  A
+#: worker measured ~30 open; the rest is headroom.
+FD_RESERVE = 128
+#: Connections per worker when the configuration does not say: enough for
+#: every load balancer, scraper and peer a health endpoint has, many times
+#: over, yet bounded in memory (about 20 KB per idle TLS connection).
+DEFAULT_MAX_CONNECTIONS = 16384
+#: The most file descriptors a worker asks for when raising its soft limit.
+_FD_CEILING = 1 << 20
+
 _PR_SET_PDEATHSIG = 1
+
+
+def connection_limit(configured: int | None) -> tuple[int, str]:
+    """How many connections one worker may hold, and a note when it is less than asked.
+
+    Raises this process's soft ``RLIMIT_NOFILE`` to its hard limit (granian's
+    workers inherit it over fork), then keeps :data:`FD_RESERVE` descriptors
+    aside.  Past the limit granian stops accepting (new connections wait in
+    the kernel's listen queue) instead of failing ``accept`` with EMFILE in
+    a loop.  ``configured`` (``HealthServerConfig.max_connections``) is
+    clamped to what the descriptors allow; None means
+    ``min(DEFAULT_MAX_CONNECTIONS, what they allow)``.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _FD_CEILING if hard == resource.RLIM_INFINITY else min(hard, _FD_CEILING)
+    if target > soft:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    room = max(1, soft - FD_RESERVE)
+    if configured is None:
+        return min(DEFAULT_MAX_CONNECTIONS, room), ""
+    if configured <= room:
+        return configured, ""
+    wanted = configured
+    return room, (
+        f"health server: {wanted} connections per worker asked for, but the file-descriptor "
+        f"limit ({soft}) leaves room for {room}: serving at most {room}"
+    )
 
 
 class _SSLStandIn(types.ModuleType):
@@ -266,6 +319,20 @@ def main() -> None:
         # Workers read this to die with us (see app.create_app).
         os.environ[ENV_MAIN_PID] = str(os.getpid())
         tuning = {**TUNING, **settings.get("tuning", {})}
+        from granian.http import HTTP1Settings
+
+        max_connections, note = connection_limit(settings.get("max_connections"))
+        if note:
+            _log.warning("%s", note)
+        backpressure = tuning["backpressure"] or max_connections
+        # One hyper timer bounds the time from the end of the TLS handshake
+        # to a complete request head: the first byte, a slow head, and the
+        # idle time of a kept-alive connection before its next request.
+        http1 = HTTP1Settings(
+            header_read_timeout=int(settings.get("idle_timeout_ms", 5000)),
+            keep_alive=True,
+            max_buffer_size=MAX_HEADER_BYTES,
+        )
         owner.server = Granian(
             settings.get("target", APP_TARGET),
             factory=bool(settings.get("factory", True)),
@@ -283,7 +350,8 @@ def main() -> None:
             runtime_mode=RuntimeModes(tuning["runtime_mode"]),
             runtime_threads=int(tuning["runtime_threads"]),
             task_impl=TaskImpl(tuning["task_impl"]),
-            backpressure=tuning["backpressure"],
+            backpressure=backpressure,
+            http1_settings=http1,
             ssl_cert=Path(settings["cert"]),
             ssl_key=Path(settings["key"]),
             # granian defaults to TLS 1.3 only; Go peers and older probes need 1.2.

@@ -23,6 +23,12 @@ Process model::
 * ``stop()`` sends SIGTERM (granian stops its workers gracefully, bounded),
   escalates to SIGKILL for the whole process group, and deletes the temp dir.
 
+Hostile clients (docs/health.md, "Limits and timeouts"): HTTP/1.1 only;
+``idle_timeout`` closes a connection without a complete request head
+(silent after TLS, slow, or idle on keep-alive); ``max_connections`` per
+worker is sized from the file-descriptor limit; request heads over 8 KiB get
+431.
+
 TLS: granian's ``ssl_protocol_min`` is set to TLS 1.2 (its default is 1.3
 only), so Go peers and older load balancers can connect; 1.3 is preferred
 when both sides support it.
@@ -62,6 +68,10 @@ __all__ = ["HealthServer", "HealthServerConfig"]
 _log = logging.getLogger(__name__)
 
 _MAX_WORKERS = 64
+# idle_timeout bounds: granian counts milliseconds; nothing lasts past 24 h.
+_MIN_IDLE_TIMEOUT_S = 0.05
+_MAX_IDLE_TIMEOUT_S = 86400.0
+_MAX_CONNECTIONS = 1 << 20
 # Restart back-off for an unexpectedly exited granian main process.
 _RESTART_DELAY_S = 0.5
 _RESTART_DELAY_MAX_S = 10.0
@@ -85,6 +95,14 @@ class HealthServerConfig:
     as ``"node1.internal:8443"``, resolved when the server starts and bound
     on one of its addresses (an IPv4 one first, as Go does).  Port 0 picks
     a free port; read it from :attr:`HealthServer.port` after start.
+
+    Limits (docs/health.md, "Limits and timeouts"): a connection that has
+    finished its TLS handshake must deliver a complete request head within
+    ``idle_timeout``, and so must a kept-alive connection between requests;
+    otherwise it is closed.  Each worker holds at most ``max_connections``
+    connections (sized from the file-descriptor limit when None); past it,
+    new connections wait in the kernel's listen queue.  Request heads over
+    8 KiB get 431.  HTTP/1.1 only.
     """
 
     #: ``host:port`` to listen on; host empty, an IP literal or a host name.
@@ -93,6 +111,18 @@ class HealthServerConfig:
     tls_cert: TLSCertificate
     #: granian worker processes. Default 1 (one is plenty for health checks).
     workers: int = 1
+    #: Seconds a connection may stay without a complete request head: from
+    #: the end of the TLS handshake to the first request's last header byte,
+    #: and between requests on a kept-alive connection. Default 5.0, a few
+    #: probe intervals' worth of slack for a health check, and short enough
+    #: that an idle attacker must keep reconnecting (each time paying for a
+    #: TLS handshake) to keep a connection.
+    idle_timeout: float = 5.0
+    #: Connections one worker may hold at once, or None (the default) for
+    #: min(16,384, the file-descriptor limit less 128); the worker raises its
+    #: soft ``RLIMIT_NOFILE`` to the hard limit first, and a larger number
+    #: than the descriptors allow is clamped (logged).
+    max_connections: int | None = None
 
     def __post_init__(self) -> None:
         _parse_bind_addr(self.bind_addr)
@@ -106,6 +136,23 @@ class HealthServerConfig:
             raise ConfigError("workers", f"must be an integer, not {workers!r}")
         if not 1 <= workers <= _MAX_WORKERS:
             raise ConfigError("workers", f"must be between 1 and {_MAX_WORKERS}, not {workers}")
+        idle = self.idle_timeout
+        if isinstance(idle, bool) or not isinstance(idle, int | float):
+            raise ConfigError("idle_timeout", f"must be a number of seconds, not {idle!r}")
+        if not _MIN_IDLE_TIMEOUT_S <= idle <= _MAX_IDLE_TIMEOUT_S:  # also refuses NaN
+            raise ConfigError(
+                "idle_timeout",
+                f"must be between {_MIN_IDLE_TIMEOUT_S} and {_MAX_IDLE_TIMEOUT_S:.0f} seconds, "
+                f"not {idle}",
+            )
+        limit = self.max_connections
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                raise ConfigError("max_connections", f"must be an integer or None, not {limit!r}")
+            if not 1 <= limit <= _MAX_CONNECTIONS:
+                raise ConfigError(
+                    "max_connections", f"must be between 1 and {_MAX_CONNECTIONS}, not {limit}"
+                )
 
     @property
     def host(self) -> str:
@@ -462,6 +509,8 @@ class HealthServer:
             "parent_pid": os.getpid(),
             "kill_timeout": _WORKER_KILL_TIMEOUT_S,
             "log_level": "info",
+            "idle_timeout_ms": max(1, round(self.config.idle_timeout * 1000)),
+            "max_connections": self.config.max_connections,
         }
         env = dict(os.environ)
         env[ENV_SETTINGS] = orjson.dumps(settings).decode()
