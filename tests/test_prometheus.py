@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -325,6 +326,44 @@ def test_the_collector_follows_a_renewal_at_the_next_scrape(table: LeadershipTab
     second = parse(scrape(collector))
     assert value(second, "fastelect_is_leader", election="cluster") == 1
     assert value(second, "fastelect_term", election="cluster") == 1
+
+
+def test_scrapes_from_many_threads_while_the_table_is_replaced() -> None:
+    """prometheus_client's HTTP server scrapes from a thread per request: none may fail."""
+    name = table_name("p")
+    collector = LeadershipCollector(name)
+    errors: list[BaseException] = []
+    scrapes = [0] * 4
+    done = threading.Event()
+
+    def scrape_until_done(index: int) -> None:
+        try:
+            while not done.is_set():
+                attached = next(m for m in collector.collect() if m.name.endswith("attached"))
+                assert attached.samples[0].value in (0, 1)
+                scrapes[index] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=scrape_until_done, args=(i,)) for i in range(4)]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: the races show within fewer rounds
+    for thread in threads:
+        thread.start()
+    try:
+        # Each new table replaces the last: every scraper's mapping goes stale under it.
+        for _ in range(100):
+            with LeadershipTable(name) as table:
+                lead(table.slot("cluster", "n1"), "n1")
+                time.sleep(0.001)
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join(WAIT)
+        sys.setswitchinterval(switch)
+        collector.close()
+    assert not errors, errors
+    assert min(scrapes) > 0, scrapes
 
 
 @pytest.mark.parametrize("bad", ["", "a/b", "x" * 25, 7])
