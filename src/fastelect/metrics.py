@@ -200,16 +200,20 @@ def _label(value: str) -> str:
 def exposition(metric_families: Iterable[Family]) -> bytes:
     """The families as Prometheus text exposition format 0.0.4 (a trailing newline included)."""
     out: list[str] = []
-    for family in metric_families:
-        name = family.name
-        out.append(f"# HELP {name} {family.help}")
-        out.append(f"# TYPE {name} {family.type}")
-        keys = family.label_names
-        for values, value in family.samples:
-            if keys:
+    # The same label sets recur in every per-election family: escape each once.
+    label_text: dict[tuple[str, ...], dict[tuple[str, ...], str]] = {}
+    for name, kind, help_text, keys, samples in metric_families:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        if not keys:
+            out.extend(f"{name} {value}" for _, value in samples)
+            continue
+        known = label_text.setdefault(keys, {})
+        for values, value in samples:
+            labels = known.get(values)
+            if labels is None:
                 labels = ",".join(f'{k}="{_label(v)}"' for k, v in zip(keys, values, strict=True))
-                out.append(f"{name}{{{labels}}} {value}")
-            else:
-                out.append(f"{name} {value}")
+                known[values] = labels
+            out.append(f"{name}{{{labels}}} {value}")
     out.append("")
     return "\n".join(out).encode()
