@@ -632,6 +632,18 @@ def alert_rules(block: Block, ctx: Ctx) -> None:
     assert "fastelect_duplicate_ids_total" in exported
 
 
+def prometheus_collector(block: Block, ctx: Ctx) -> None:
+    """The collector, in prometheus_client's default registry, shows the sample's leadership."""
+    import fastelect
+
+    ctx.s3()
+    done = run_python(ctx, substitute(block.code, {'"myapp"': f'"{shm_name()}"'}))
+    assert f'fastelect_build_info{{version="{fastelect.__version__}"}} 1.0' in done.stdout
+    assert "fastelect_table_attached 1.0" in done.stdout
+    assert 'fastelect_is_leader{election="default"} 1.0' in done.stdout, done.stdout
+    assert 'fastelect_acquisitions_total{election="default"} 1.0' in done.stdout
+
+
 HANDLERS: dict[str, Callable[[Block, Ctx], None]] = {
     "quickstart": quickstart,
     "health-server": health_server,
@@ -645,6 +657,7 @@ HANDLERS: dict[str, Callable[[Block, Ctx], None]] = {
     "tradeoffs": tradeoffs,
     "iam-policy": iam_policy,
     "alert-rules": alert_rules,
+    "prometheus-collector": prometheus_collector,
 }
 
 

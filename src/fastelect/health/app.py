@@ -51,8 +51,11 @@ from typing import Any
 
 import orjson
 
-from .._core import COUNTER_NAMES, ROLE_NAMES, TableReader, attach, monotonic_ns
+from .._core import TableReader, attach, monotonic_ns
 from ..errors import ConfigError, FastelectError
+from ..metrics import TableBusy as _TableBusy
+from ..metrics import exposition, families
+from ..metrics import snapshot as _snapshot
 from ._process import ENV_MAIN_PID
 
 __all__ = [
@@ -82,9 +85,6 @@ _MAX_ELECTION_BYTES = 30
 # How often a worker checks that the table's owner is still alive (a syscall),
 # so a table re-created by a restarted owner is picked up promptly.
 _OWNER_CHECK_INTERVAL_S = 0.25
-# A snapshot fails when the writer stayed inside its seqlock section (e.g. the
-# OS descheduled it mid-write); yield the CPU and try again this many times.
-_BUSY_RETRIES = 8
 
 _JSON = [("content-type", "application/json"), ("cache-control", "no-store")]
 _TEXT = [("content-type", "text/plain; charset=utf-8"), ("cache-control", "no-store")]
@@ -93,29 +93,6 @@ _METRICS = [
     ("cache-control", "no-store"),
 ]
 _ALLOW = "GET, HEAD"
-
-# What each table counter means, for the metrics' HELP lines.
-_COUNTER_HELP = {
-    "renewals": "Successful lease renewals by this node.",
-    "failed_writes": "Writes whose outcome was unknown (timeouts, transport errors, 5xx).",
-    "transitions": "Leadership transitions of this node (acquired or lost).",
-    "peer_checks": "Peer health checks made instead of storage reads.",
-    "peer_failures": "Peer health checks that failed and sent this node back to storage.",
-    "reads": "Lock record reads that returned an answer.",
-    "record_errors": "Lock records that could not be parsed.",
-    "acquisitions": "Leaderships won by this node.",
-    "losses": "Leaderships of this node that ended.",
-    "writes": "Conditional writes started.",
-    "storage_errors": "Failed storage reads.",
-    "conflicts": "Conditional writes that lost (HTTP 412/409).",
-    "duplicate_ids": "Other live processes seen writing under this node's server id.",
-    "shed_steps": "Polls and campaigns an overloaded scheduler put back.",
-    "overload_stepdowns": "Leaderships an overloaded scheduler gave up so the rest stay renewed.",
-}
-
-
-class _TableBusy(FastelectError):
-    """A slot stayed mid-write for every snapshot attempt."""
 
 
 def validate_table_name(name: object) -> str:
@@ -168,93 +145,14 @@ def _die_with_parent(expected_parent: int) -> None:
         os._exit(1)
 
 
-def _snapshot(reader: TableReader, election: str) -> dict[str, Any] | None:
-    """``reader.status(election)``, retried while a writer holds the slot's seqlock."""
-    for _ in range(_BUSY_RETRIES):
-        try:
-            return reader.status(election)
-        except FastelectError:
-            # Let a descheduled writer on this CPU finish its section.
-            os.sched_yield()
-    # granian sends a worker's stderr to its log: this lands there.
-    _log.warning("leadership slot of %r stayed busy over %d tries", election, _BUSY_RETRIES)
-    raise _TableBusy(f"the slot of election {election!r} stayed busy")
-
-
-def _label(value: str) -> str:
-    """Escape a Prometheus label value."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _gauge_lines(name: str, help_text: str, series: list[tuple[str, float | int]]) -> list[str]:
-    lines = [f"# HELP fastelect_{name} {help_text}", f"# TYPE fastelect_{name} gauge"]
-    lines.extend(
-        f"fastelect_{name}{{{labels}}} {value}" if labels else f"fastelect_{name} {value}"
-        for labels, value in series
-    )
-    return lines
-
-
 def render_metrics(reader: TableReader | None, now_ns: int) -> bytes:
     """The table as Prometheus text exposition format 0.0.4.
 
-    ``now_ns`` is CLOCK_MONOTONIC; gauges derived from deadlines use it.
+    ``now_ns`` is the lease clock (CLOCK_BOOTTIME on Linux); gauges derived
+    from deadlines use it.  The families are :func:`fastelect.metrics.families`,
+    the same ones :class:`fastelect.prometheus.LeadershipCollector` yields.
     """
-    statuses: list[tuple[str, dict[str, Any]]] = []
-    if reader is not None:
-        for election in reader.elections():
-            try:
-                status = _snapshot(reader, election)
-            except _TableBusy:
-                continue  # omitted from this scrape rather than failing it
-            if status is not None:
-                statuses.append((f'election="{_label(election)}"', status))
-    out = _gauge_lines(
-        "table_attached",
-        "Whether the leadership table is mapped (1) or missing (0).",
-        [("", int(reader is not None))],
-    )
-    lease_left = [(e, max(0, st["lease_until_ns"] - now_ns)) for e, st in statuses]
-    out += _gauge_lines(
-        "is_leader",
-        "1 while this node holds a live lease for the election, else 0.",
-        [(e, int(left > 0)) for e, left in lease_left],
-    )
-    out += _gauge_lines(
-        "role",
-        "The node's role in the election: one series per role, 1 for the current one.",
-        [(f'{e},role="{r}"', int(st["role"] == r)) for e, st in statuses for r in ROLE_NAMES],
-    )
-    out += _gauge_lines(
-        "term",
-        "Fencing term of the current leadership (ours when leading, else the observed one).",
-        [(e, st["term"]) for e, st in statuses],
-    )
-    out += _gauge_lines(
-        "lease_remaining_seconds",
-        "Seconds left on this node's lease (0 unless leader).",
-        [(e, left / 1e9) for e, left in lease_left],
-    )
-    out += _gauge_lines(
-        "last_cycle_age_seconds",
-        "Seconds since the election loop last completed a cycle.",
-        [(e, max(0, now_ns - st["last_cycle_mono_ns"]) / 1e9) for e, st in statuses],
-    )
-    out += _gauge_lines(
-        "watchdog_seconds",
-        "Heartbeat age beyond which /healthz reports the election's loop as stuck.",
-        [(e, st["watchdog_ns"] / 1e9) for e, st in statuses],
-    )
-    # In the table's order; a counter this module has no help text for still appears.
-    names = list(COUNTER_NAMES)
-    names += [c for _, st in statuses for c in st["counters"] if c not in _COUNTER_HELP]
-    for counter in dict.fromkeys(names):
-        metric = f"fastelect_{counter}_total"
-        out.append(f"# HELP {metric} {_COUNTER_HELP.get(counter, f'Table counter {counter}.')}")
-        out.append(f"# TYPE {metric} counter")
-        out.extend(f"{metric}{{{e}}} {st['counters'].get(counter, 0)}" for e, st in statuses)
-    out.append("")
-    return "\n".join(out).encode()
+    return exposition(families(reader, now_ns))
 
 
 class _Clock:
