@@ -179,8 +179,8 @@ def p99(values: list[float]) -> float:
 # --------------------------------------------------------------------------- #
 
 # The test's idle_timeout: long enough for this process to open 1,100 TLS
-# connections first (about 4 s on a quiet 2-core box, over 8 s when the suite runs beside it); shorter bounds are
-# tested below on single connections.
+# connections first (about 4 s on a quiet 2-core box, over 8 s with the suite
+# running beside it); shorter bounds are tested below on single connections.
 IDLE = 12.0
 HELD = 1100  # more than granian's old backpressure (1,024 per worker)
 
