@@ -370,9 +370,14 @@ def test_parse_error_body_like_botocore() -> None:
 async def test_cancelled_lean_request_leaves_the_pool_usable() -> None:
     """An outer asyncio.timeout (as the elector's) cancels a lean request cleanly."""
     with S3Tap() as tap:
-        tap.fake = Fake("hang")
+        tap.fake = Fake(200, b"{}", {"ETag": '"e1"'})
         storage = S3Storage("bucket", "p", endpoint_url=tap.url, region_name=S3_REGION, timeout=5.0)
         try:
+            # First a request that sets the lean path up, so that the timeout
+            # below cancels a lean request and not the (slower) setup.
+            assert await storage.get("k") == (b"{}", '"e1"')
+            assert storage._lean is not None
+            tap.fake = Fake("hang")
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.1):
                     await storage.get("k")
