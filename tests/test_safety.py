@@ -21,7 +21,7 @@ import pytest
 
 from elector_helpers import PassThroughStorage, fast_config, wait_until
 from fastelect import Elector, LeadershipLost, PreconditionFailed
-from fastelect._core import Action, monotonic_ns
+from fastelect._core import monotonic_ns
 from fastelect.storage import Storage
 
 pytestmark = pytest.mark.asyncio
@@ -182,12 +182,16 @@ class GatedPuts(PassThroughStorage):
         self.gate.set()
         self.waiting = asyncio.Event()
         self.sent: list[tuple[int, dict[str, Any]]] = []
+        self.one_at_a_time = False  # each opening of the gate lets one PUT through
 
     async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
         self.sent.append((monotonic_ns(), orjson.loads(body)))
         if not self.gate.is_set():
             self.waiting.set()
             await self.gate.wait()
+            if self.one_at_a_time:
+                self.gate.clear()
+                self.waiting.clear()
         return await self.inner.put_if_match(key, body, etag)
 
 
@@ -203,15 +207,26 @@ async def test_update_config_during_a_write_keeps_that_writes_lease(storage: Sto
         sent_at, body = gated.sent[-1]
         assert body["leaseMs"] == 300
         elector.update_config(cfg.copy(leader_timeout=30.0, safety_margin=0.03))
+        # Let that renewal through and hold the next write, which comes F = 30 ms
+        # later with the new lease: the deadline seen in between is the renewal's.
+        writes = len(gated.sent)
+        gated.one_at_a_time = True
         gated.gate.set()
-        await wait_until(
-            lambda: elector._campaign.pending_kind == Action.WAIT, 5, "renewal never finished"
-        )
-        # The renewal's lease is the 300 ms it advertised, not the new 30 s.
+        await asyncio.wait_for(gated.waiting.wait(), 5)
+        assert len(gated.sent) == writes + 1
+        # The renewal's lease is the 300 ms it advertised, not the new 30 s (and if
+        # a loaded box made it land late, the elector stepped down with no more).
         deadline = elector._campaign.deadline_ns
         assert deadline <= sent_at + 300 * MS, (deadline - sent_at) / MS
         # The next write advertises (and earns) the new lease.
-        await wait_until(lambda: gated.sent[-1][1]["leaseMs"] == 30_000, 5, "no new lease")
+        assert gated.sent[-1][1]["leaseMs"] == 30_000
+        gated.one_at_a_time = False
+        gated.gate.set()
+        await wait_until(
+            lambda: elector._campaign.deadline_ns > gated.sent[-1][0] + 20_000 * MS,
+            5,
+            "the new lease was never earned",
+        )
     finally:
         await elector.stop()
 
