@@ -289,8 +289,75 @@ def test_read_failures_back_off_like_s3lect() -> None:
     c.read_failed(0)
     assert c.next_at_ns == 1000 * MS
     c.read_failed(0)
-    assert c.next_at_ns == F
+    assert F <= c.next_at_ns < F + F // 4  # then F, plus jitter
     assert c.consecutive_fails == 4
+
+
+def _refused_takeovers(c: Campaign, until: int, *, auth: bool = False) -> tuple[list[int], int]:
+    """Drive ``c`` facing a released record that reads fine and refuses every write.
+
+    Returns the send instants of the writes and the number of reads.
+    """
+    now, writes, reads = 0, [], 0
+    while now < until:
+        action = c.poll(now)
+        if action == Action.WAIT:
+            now = c.next_at_ns
+        elif action == Action.READ:
+            reads += 1
+            record(c, now + MS, "rel", term=3, released=True)
+            now += MS
+        else:
+            assert action == Action.TAKEOVER
+            writes.append(now)
+            c.begin_write(now)
+            c.write_failed(now + MS, auth)
+            now += MS
+    return writes, reads
+
+
+def test_write_streak_survives_successful_reads() -> None:
+    # Issue 19 item 6: each good read used to reset the streak, so the
+    # follower looped read -> refused write with no pause at all.
+    c, _ = make()
+    writes, reads = _refused_takeovers(c, 2000 * MS)
+    gaps = [b - a for a, b in zip(writes, writes[1:], strict=False)]
+    # immediately (after the read that verifies), after 100 ms, after 1 s, then F + jitter
+    assert gaps[0] < 5 * MS and 100 * MS <= gaps[1] < 105 * MS
+    assert 1000 * MS <= gaps[2] < 1005 * MS
+    assert all(F <= g < F + F // 4 + 5 * MS for g in gaps[3:]), gaps
+    assert len(writes) <= 3 + (2000 - 1100) // 100 + 1
+    assert reads <= len(writes) + 1  # one verifying read per refused write
+    assert c.write_fails == len(writes) and c.read_fails == 0
+
+
+def test_refused_permission_waits_at_least_f() -> None:
+    c, _ = make()
+    writes, _ = _refused_takeovers(c, 1000 * MS, auth=True)
+    gaps = [b - a for a, b in zip(writes, writes[1:], strict=False)]
+    assert gaps and all(F <= g < F + F // 4 + 5 * MS for g in gaps), gaps
+
+
+def test_an_answered_write_ends_the_write_streak() -> None:
+    c, _ = make()
+    _refused_takeovers(c, 300 * MS)
+    assert c.write_fails >= 3
+    c.write_conflicted(c.next_at_ns)
+    assert (c.write_fails, c.write_not_before_ns) == (0, 0)
+
+
+def test_jitter_is_deterministic_per_nonce() -> None:
+    def delays(nonce: str) -> list[int]:
+        table = LeadershipTable()
+        c = Campaign(table.slot("default", "me"), "me", "me:1", T, F, INF, MARGIN, nonce=nonce)
+        out = []
+        for _ in range(8):
+            c.read_failed(0)
+            out.append(c.next_at_ns)
+        return out
+
+    assert delays("00aa") == delays("00aa")
+    assert delays("00aa") != delays("00ab")
 
 
 def test_configure_rejects_broken_timings() -> None:

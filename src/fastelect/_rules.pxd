@@ -54,14 +54,22 @@ cdef class Campaign:
     # scheduling
     cdef readonly int next_action
     cdef readonly int64_t next_at_ns
-    cdef readonly int consecutive_fails
+    # failure streaks (docs/operations.md#retries): a read's ends at a
+    # successful read, a write's only at a write the store answered
+    cdef readonly int read_fails
+    cdef readonly int write_fails
+    cdef readonly int64_t write_not_before_ns
+    cdef uint64_t jitter_state
     cdef bint peer_suspect
     cdef readonly int64_t last_election_ns
     cdef readonly int cycles
     cdef int events
 
     cdef void _schedule(self, int action, int64_t at)
-    cdef int64_t _backoff(self, int64_t now)
+    cdef void _writes_answered(self)
+    cdef int64_t _retry_delay(self, int streak, bint auth)
+    cdef int64_t _jitter(self, int64_t span)
+    cdef void _seed_jitter(self)
     cdef void _follow(self, int64_t now)
     cdef void _become_leader(self, int64_t now, str etag)
     cdef void _observe_own_record(self, str etag, int64_t term)

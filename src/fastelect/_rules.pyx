@@ -3,6 +3,10 @@
 # rules of docs/safety.md#the-rules.
 
 
+# Past the fixed retry delays, a retry waits F plus up to F / RETRY_JITTER_DIV.
+cdef int64_t RETRY_JITTER_DIV = 4
+
+
 cdef inline int64_t _max(int64_t a, int64_t b):
     return a if a > b else b
 
@@ -45,6 +49,7 @@ cdef class Campaign:
         self.server_id = server_id
         self.server_addr = server_addr
         self.nonce = nonce or new_nonce()
+        self._seed_jitter()
         self.configure(lease_ns, frequent_ns, infrequent_ns, margin_ns, max_skew_ns, peer_mode)
         self.role = FOLLOWER
         self.etag = ""
@@ -109,6 +114,11 @@ cdef class Campaign:
     def pending_lease_ms(self):
         """The lease (ms) the pending write must advertise as ``leaseMs`` (rule 2)."""
         return self.pending_lease_ns // 1_000_000
+
+    @property
+    def consecutive_fails(self):
+        """The longer of the two failure streaks (reads in a row, writes in a row)."""
+        return _max(self.read_fails, self.write_fails)
 
     @property
     def stable(self):
@@ -189,7 +199,7 @@ cdef class Campaign:
         ``wall_ns`` is the record's lastUpdated, for the table's status.
         """
         cdef int kind = self.pending_kind
-        self.consecutive_fails = 0
+        self._writes_answered()
         if wall_ns:
             self.slot._begin()
             self.slot._s.last_update_wall_ns = wall_ns
@@ -206,6 +216,7 @@ cdef class Campaign:
     def write_conflicted(self, int64_t now_ns):
         """The write got 412/409: someone else wrote, or an earlier try of ours landed."""
         self.slot._bump(C_CONFLICTS)
+        self._writes_answered()     # a 412 is an answer: the store takes our writes
         if self.pending_kind == RELEASE:
             # Someone already replaced our record; nothing left to hand back.
             self._clear_pending()
@@ -214,11 +225,18 @@ cdef class Campaign:
         self.verifying = True      # rule 4: a read decides
         self._schedule(READ, now_ns)
 
-    def write_failed(self, int64_t now_ns):
-        """The write's outcome is unknown (timeout, transport error, 5xx)."""
-        self.consecutive_fails += 1
+    def write_failed(self, int64_t now_ns, bint auth=False):
+        """The write's outcome is unknown (timeout, transport error, 5xx, 403).
+
+        ``auth``: the store refused our permissions, so no retry comes sooner
+        than F.  The write streak survives successful reads: until a write is
+        answered, no write goes out before the streak's backoff, whatever a
+        read in between finds.
+        """
+        self.write_fails += 1
         self.slot._bump(C_FAILED_WRITES)
-        cdef int64_t at = self._backoff(now_ns)
+        cdef int64_t at = now_ns + self._retry_delay(self.write_fails, auth)
+        self.write_not_before_ns = at
         if self.pending_kind == RENEW:
             # Keep renewing with the same renewal number; the deadline stays put.
             self._schedule(RENEW, at)
@@ -230,16 +248,16 @@ cdef class Campaign:
             self.verifying = True
             self._schedule(READ, at)
 
-    def read_failed(self, int64_t now_ns):
-        """A read failed (transport error, timeout, auth)."""
-        self.consecutive_fails += 1
+    def read_failed(self, int64_t now_ns, bint auth=False):
+        """A read failed (transport error, timeout; ``auth``: a 403, retried no sooner than F)."""
+        self.read_fails += 1
         self.slot._bump(C_STORAGE_ERRORS)
-        self._schedule(READ, self._backoff(now_ns))
+        self._schedule(READ, now_ns + self._retry_delay(self.read_fails, auth))
 
     def observe_missing(self, int64_t now_ns):
         """The read found no record."""
         self.slot._bump(C_READS)
-        self.consecutive_fails = 0
+        self.read_fails = 0
         if self.role == LEADER:
             self._step_down(now_ns)
         self._clear_pending()
@@ -258,13 +276,13 @@ cdef class Campaign:
         self.leader_since_ns = now_ns
         self._publish_observation()
         # Not a completed cycle yet: the create that follows decides who leads.
-        self._schedule(CREATE, now_ns)
+        self._schedule(CREATE, _max(now_ns, self.write_not_before_ns))
 
     def observe_garbage(self, int64_t now_ns, str etag):
         """The read found a record we cannot parse; replaceable only once provably stale."""
         self.slot._bump(C_READS)
         self.slot._bump(C_RECORD_ERRORS)
-        self.consecutive_fails = 0
+        self.read_fails = 0
         if self.role == LEADER:
             self._step_down(now_ns)
         self._clear_pending()
@@ -299,7 +317,7 @@ cdef class Campaign:
         """
         cdef bint ours = leader_id == self.server_id and nonce == self.nonce
         self.slot._bump(C_READS)
-        self.consecutive_fails = 0
+        self.read_fails = 0
         if term > self.max_term_seen:
             self.max_term_seen = term
         if (self.verifying or self.pending_unknown) and ours:
@@ -401,6 +419,7 @@ cdef class Campaign:
         """
         self.role = FOLLOWER
         self.nonce = nonce or new_nonce()
+        self._seed_jitter()
         self.obs_known = False
         self.obs_etag = ""
         self.obs_nonce = ""
@@ -415,13 +434,43 @@ cdef class Campaign:
         self.next_action = action
         self.next_at_ns = at
 
-    cdef int64_t _backoff(self, int64_t now):
-        cdef int n = self.consecutive_fails
-        if n <= 0:
-            return now
-        if n <= 3:
-            return now + RETRY_DELAYS_NS[n - 1]
-        return now + self.frequent_ns
+    cdef void _writes_answered(self):
+        self.write_fails = 0
+        self.write_not_before_ns = 0
+
+    cdef int64_t _retry_delay(self, int streak, bint auth):
+        """How long after the ``streak``-th failure in a row the next try waits.
+
+        Immediately, after 100 ms, after 1 s (s3lect's policy), then one try
+        per F plus up to F/4 of jitter, so a thousand elections refused at
+        once do not retry in step.  A refused permission (``auth``) is not
+        transient: never sooner than F.
+        """
+        if streak <= 0:
+            return 0
+        if streak <= 3 and not auth:
+            return RETRY_DELAYS_NS[streak - 1]
+        return self.frequent_ns + self._jitter(self.frequent_ns // RETRY_JITTER_DIV)
+
+    cdef int64_t _jitter(self, int64_t span):
+        # xorshift64: deterministic per incarnation, so a simulator schedule
+        # that supplies its nonces replays exactly.
+        cdef uint64_t x = self.jitter_state
+        if span <= 0:
+            return 0
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        self.jitter_state = x
+        return <int64_t>(x % <uint64_t>span)
+
+    cdef void _seed_jitter(self):
+        # FNV-1a over the nonce (str hashes are salted per process).
+        cdef uint64_t h = 14695981039346656037ULL
+        cdef Py_UCS4 ch
+        for ch in self.nonce:
+            h = (h ^ <uint64_t>ch) * 1099511628211ULL
+        self.jitter_state = h if h else 1
 
     cdef void _clear_pending(self):
         self.pending_kind = WAIT
@@ -462,11 +511,14 @@ cdef class Campaign:
         if self.role == STOPPED:
             return
         self.cycles += 1
+        # A write in a failure streak waits for its backoff, however well
+        # the reads in between went.
+        cdef int64_t write_at = _max(now, self.write_not_before_ns)
         if self.obs_missing:
-            self._schedule(CREATE, now)
+            self._schedule(CREATE, write_at)
             return
         if self.obs_released:
-            self._schedule(TAKEOVER, now)                          # rule 1(b)
+            self._schedule(TAKEOVER, write_at)                     # rule 1(b)
             return
         if self.obs_garbage:
             lease = self.lease_ns
@@ -476,7 +528,7 @@ cdef class Campaign:
             legal_at = _min(legal_at, self.obs_updated_wall_ns + lease + self.max_skew_ns
                             - self.obs_wall_at_mono_ns)
         if now >= legal_at:
-            self._schedule(TAKEOVER, now)
+            self._schedule(TAKEOVER, write_at)
             return
         if self.stable and self.peer_mode and self.leader_addr and not self.peer_suspect:
             self._schedule(PEER_CHECK, now + self.frequent_ns)
@@ -498,6 +550,7 @@ cdef class Campaign:
         cdef int64_t term = self.pending_term
         cdef int64_t sent = self.pending_first_send_ns
         self._clear_pending()
+        self._writes_answered()     # our write landed (perhaps seen by a read, rule 4)
         if deadline <= now:
             # The write took longer than the lease: we hold the record but no lease.
             if was_leader:
@@ -514,7 +567,6 @@ cdef class Campaign:
         self.deadline_ns = deadline
         self.role = LEADER
         self._observe_own_record(etag, term)
-        self.consecutive_fails = 0
         self.slot._begin()
         self.slot._set_leader(deadline, deadline)
         self.slot._s.term = term

@@ -72,6 +72,8 @@ LATE_MAX = 1500 * MS
 CALM_MIN, CALM_MAX = 1 * MS, 10 * MS
 #: The core's fixed retry delays (RETRY_DELAYS_NS in _core.pyx); the longest one.
 RETRY_MAX = 1 * SEC
+#: Past those, a retry waits F plus up to F / RETRY_JITTER_DIV (_rules.pyx).
+RETRY_JITTER_DIV = 4
 
 LEADER = int(_core.Role.LEADER)
 STOPPED_ROLE = int(_core.Role.STOPPED)
@@ -172,7 +174,8 @@ def liveness_bound(p: Params) -> int:
        been dropped by ``+ storage_timeout + LATE_MAX``; after that the record
        changes only through requests sent in the tail.
     2. Backoff: a node in a failure streak tries again within
-       ``max(1 s, F)`` (the core's retry delays) after its last failure.
+       ``max(1 s, 1.25 F)`` (the core's retry delays, then F plus jitter)
+       after its last failure.
     3. A follower that saw the last write of a silent leader polls again
        within ``min(I, T)`` (rule 1 caps the idle poll at the takeover
        instant), or, in peer mode, notices the dead peer within
@@ -187,7 +190,7 @@ def liveness_bound(p: Params) -> int:
     poll_max = max(min(t.infrequent, t.lease) for t in p.timings)
     st_max = max(t.storage_timeout for t in p.timings)
     stray = st_max + LATE_MAX + 2 * CALM_MAX
-    backoff = max(RETRY_MAX, f_max) + st_max
+    backoff = max(RETRY_MAX, f_max + f_max // RETRY_JITTER_DIV) + st_max
     peer = f_max + p.peer_timeout if p.peer_mode else 0
     return stray + backoff + poll_max + peer + t_max + 8 * 2 * CALM_MAX
 
