@@ -6,6 +6,8 @@ the slot's own ``is_leader()`` (which reads the real clock) stays meaningful.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -321,7 +323,7 @@ def test_write_streak_survives_successful_reads() -> None:
     # follower looped read -> refused write with no pause at all.
     c, _ = make()
     writes, reads = _refused_takeovers(c, 2000 * MS)
-    gaps = [b - a for a, b in zip(writes, writes[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(writes)]
     # immediately (after the read that verifies), after 100 ms, after 1 s, then F + jitter
     assert gaps[0] < 5 * MS and 100 * MS <= gaps[1] < 105 * MS
     assert 1000 * MS <= gaps[2] < 1005 * MS
@@ -334,7 +336,7 @@ def test_write_streak_survives_successful_reads() -> None:
 def test_refused_permission_waits_at_least_f() -> None:
     c, _ = make()
     writes, _ = _refused_takeovers(c, 1000 * MS, auth=True)
-    gaps = [b - a for a, b in zip(writes, writes[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(writes)]
     assert gaps and all(F <= g < F + F // 4 + 5 * MS for g in gaps), gaps
 
 

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core
 from ._core import Action, Campaign, Event, LeadershipTable
+from ._logfold import LogFold, folded_suffix
 from ._stepping import Stepper
 from .config import ElectorConfig
 from .errors import (
@@ -132,6 +133,7 @@ class Elector(_core.LeaseHolder):
         "_expiry",
         "_extra",
         "_first_cycle",
+        "_fold",
         "_frequent_ns",
         "_generation",
         "_hooks",
@@ -239,6 +241,8 @@ class Elector(_core.LeaseHolder):
         self._release_requested = False
         self._generation = 0
         self._last_error: BaseException | None = None
+        # Storage-failure log lines folded per kind; made at the first failure.
+        self._fold: LogFold | None = None
         self._watchdog = 0
         self._frequent_ns = 0
         self._cache_timings()
@@ -767,12 +771,16 @@ class Elector(_core.LeaseHolder):
                 raise TimeoutError(f"read of {self._where} outlived its bound") from None
         except ObjectNotFound:
             c.observe_missing(_core.monotonic_ns())
+            if self._fold is not None:
+                self._storage_ok("read")
             return
         except (StorageError, TimeoutError, OSError) as exc:
-            c.read_failed(_core.monotonic_ns())
+            c.read_failed(_core.monotonic_ns(), isinstance(exc, StorageAuthError | BucketNotFound))
             self._storage_failed("read", exc)
             return
         arrived = _core.monotonic_ns()  # rule 1: stamped when the answer arrived
+        if self._fold is not None:
+            self._storage_ok("read")
         try:
             record = parse_record(body)
         except RecordError as exc:
@@ -832,12 +840,16 @@ class Elector(_core.LeaseHolder):
                 extra=self._extra,
             )
             c.write_conflicted(_core.monotonic_ns())
+            if self._fold is not None:
+                self._storage_ok("write")
             return
         except (StorageError, TimeoutError, OSError) as exc:
-            c.write_failed(_core.monotonic_ns())
+            c.write_failed(_core.monotonic_ns(), isinstance(exc, StorageAuthError | BucketNotFound))
             self._storage_failed(_core.ACTION_NAMES[kind], exc)
             return
         c.write_succeeded(_core.monotonic_ns(), etag, wall)
+        if self._fold is not None:
+            self._storage_ok("write")
 
     async def _peer_check(self) -> None:
         c = self._campaign
@@ -861,25 +873,66 @@ class Elector(_core.LeaseHolder):
         self._peer_healthy = answer.ok
         c.observe_peer(_core.monotonic_ns(), answer.ok, answer.leader_id, answer.etag)
 
-    def _storage_failed(self, what: str, exc: BaseException) -> None:
+    def _storage_failed(self, action: str, exc: BaseException) -> None:
+        # One WARNING line per failure: what failed, where, and what happens
+        # next; repeats folded (a refused permission once per streak), and
+        # the traceback only at DEBUG.
         self._last_error = exc
-        fails = self._campaign.consecutive_fails
-        if isinstance(exc, StorageAuthError | BucketNotFound):
-            level = logging.ERROR
-        elif fails > 3:
-            level = logging.WARNING
+        c = self._campaign
+        now = _core.monotonic_ns()
+        op = "read" if action == "read" else "write"
+        refused = isinstance(exc, StorageAuthError | BucketNotFound)
+        fails = c.read_fails if op == "read" else c.write_fails
+        if self._fold is None:
+            self._fold = LogFold()
+        admitted = self._fold.admit((op, type(exc).__name__), now, once=refused)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                "%s of %s failed (%d in a row)",
+                action,
+                self._where,
+                fails,
+                exc_info=exc,
+                extra=self._extra,
+            )
+        if admitted is None:
+            return
+        delay = max(0, c.next_at_ns - now) / _NS
+        then = "at once" if delay < 0.001 else f"in {delay:.3g} s"
+        step = _core.ACTION_NAMES[c.next_action]
+        if c.role == _core.Role.LEADER:
+            left = max(0, c.deadline_ns - now) / _NS
+            upshot = f"still leading for {left:.3g} s of lease; next {step} {then}"
         else:
-            level = logging.DEBUG
-        self._log.log(
-            level,
-            "%s of %s failed (%d in a row): %s",
-            what,
+            upshot = f"next {step} {then}"
+        if refused:
+            upshot += ", then every F or slower until it works; said once until then"
+        self._log.warning(
+            "%s of %s failed (%d in a row): %s: %s; %s%s",
+            action,
             self._where,
             fails,
-            exc or type(exc).__name__,
-            exc_info=level >= logging.ERROR,
+            type(exc).__name__,
+            exc or "no detail",
+            upshot,
+            folded_suffix(*admitted),
             extra=self._extra,
         )
+
+    def _storage_ok(self, op: str) -> None:
+        # A request of this kind was answered: its failure streak ended.
+        assert self._fold is not None
+        ended = self._fold.end(op, _core.monotonic_ns())
+        if ended is not None:
+            self._log.info(
+                "%ss of %s work again%s",
+                op,
+                self._where,
+                folded_suffix(*ended),
+                extra=self._extra,
+            )
+        if not self._fold:
+            self._fold = None  # back to the bare fast path
 
     # -- events and hooks ----------------------------------------------------------
 
