@@ -581,7 +581,7 @@ class SimNode:
             elif code == O_FAIL:
                 if w.rec:
                     w.note(t, self, f"read failed: {outcome[1]}")
-                c.read_failed(now)
+                c.read_failed(now, outcome[1] == "403")  # as Elector: a 403 waits F
             else:
                 body, etag = outcome[1], outcome[2]
                 try:
@@ -635,7 +635,7 @@ class SimNode:
             else:
                 if w.rec:
                     w.note(t, self, f"write failed: {outcome[1]}")
-                c.write_failed(now)
+                c.write_failed(now, outcome[1] == "403")
             if self.freeze_after_write:
                 self.freeze_after_write = False
                 t_max = max(tm.lease for tm in w.p.timings)
