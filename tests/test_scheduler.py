@@ -47,9 +47,18 @@ CROWD: dict[str, Any] = {
 }
 
 
-def how_many(storage: Storage, memory_file: int, s3: int) -> int:
-    """Scale a test to the backend: hundreds in memory and on files, a few on S3."""
-    return s3 if isinstance(storage, S3Storage) else memory_file
+def how_many(storage: Storage, memory: int, s3: int, file: int | None = None) -> int:
+    """Scale a test to the backend: hundreds in memory, fewer on files, a few on S3.
+
+    Every file step is a thread-pool round trip with an fsync; at a few hundred
+    steps a second that alone can pass the scheduler's campaign limit on a
+    loaded two-core machine, which then (rightly) holds back new campaigns.
+    """
+    if isinstance(storage, S3Storage):
+        return s3
+    if file is not None and isinstance(storage, FileStorage):
+        return file
+    return memory
 
 
 @asynccontextmanager
@@ -75,7 +84,7 @@ async def scheduled(scheduler: Scheduler, electors: list[Elector]) -> AsyncItera
 async def test_each_scheduled_elector_leads_its_own_election_and_releases_on_stop(
     storage: Storage,
 ) -> None:
-    n = how_many(storage, 200, 4)
+    n = how_many(storage, 200, 4, file=60)
     scheduler = Scheduler()
     electors = [
         Elector(fast_config(f"node-{i}", f"own/{i}.json", **CROWD), storage, scheduler=scheduler)
@@ -110,7 +119,7 @@ async def test_each_scheduled_elector_leads_its_own_election_and_releases_on_sto
 async def test_scheduled_electors_share_elections_with_one_leader_each_and_fail_over(
     storage: Storage,
 ) -> None:
-    keys = how_many(storage, 60, 2)
+    keys = how_many(storage, 60, 2, file=20)
     scheduler = Scheduler()
     groups = [
         [
