@@ -56,7 +56,7 @@ from .errors import (
     StorageError,
 )
 from .peer import PeerChecker
-from .record import parse_record
+from .record import parse_record, record_term
 from .storage.base import BucketNotFound, MinimalStorage, ObjectNotFound, Storage, as_storage
 
 if TYPE_CHECKING:
@@ -791,7 +791,7 @@ class Elector(_core.LeaseHolder):
                 exc,
                 extra=self._extra,
             )
-            c.observe_garbage(arrived, etag)
+            c.observe_garbage(arrived, etag, record_term(body))  # rule 5: its term counts
             return
         c.observe_record(
             arrived,

@@ -34,7 +34,7 @@ from typing import Any
 from .. import _core
 from .._core import Campaign, LeadershipTable
 from ..errors import RecordError
-from ..record import parse_record
+from ..record import parse_record, record_term
 from .checker import Checker, Violation
 from .oracle import RuleOracle
 
@@ -587,7 +587,7 @@ class SimNode:
                 try:
                     r = parse_record(body)
                 except RecordError:
-                    c.observe_garbage(now, etag)
+                    c.observe_garbage(now, etag, record_term(body))
                 else:
                     if w.rec:
                         w.note(
