@@ -368,7 +368,7 @@ class Elector(_core.LeaseHolder):
         self._hooks_task = loop.create_task(
             self._run_hooks(), name=f"fastelect-hooks-{self.election}"
         )
-        self._task = loop.create_task(self._run(), name=f"fastelect-{self.election}")
+        self._task = loop.create_task(self._run_guarded(), name=f"fastelect-{self.election}")
         self._task.add_done_callback(self._task_done)
         self._log.info(
             "elector %s campaigning for %s", self._config.server_id, self._where, extra=self._extra
@@ -429,18 +429,36 @@ class Elector(_core.LeaseHolder):
         if failure is not None:
             raise failure
 
+    async def _run_guarded(self) -> None:
+        """``_run``, failing loudly inside the task.
+
+        The step-down happens before the task counts as done: a done
+        callback runs a loop iteration later, and in between ``running``
+        would be False while ``is_leader()`` still said True.
+        """
+        try:
+            await self._run()
+        except Exception as exc:
+            self._fail(exc)
+            raise
+
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        """The campaign task ended: if it died, end the elector loudly (issue 19).
+        """The campaign task ended: if it died outside ``_run_guarded``, fail now."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        if self._failure is not exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The campaign task died: end the elector loudly (issue 19).
 
         A dead campaign renews nothing, so the node steps down at once
         (``is_leader()`` False, ``on_lose`` queued) instead of answering
         "leader" until its lease runs out; the failure is logged at ERROR with
         its traceback, shown by ``status().failure`` and raised by ``stop()``.
         """
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        assert exc is not None
         self._failure = exc
         self._log.error(
             "elector %s for %s failed and stopped campaigning: %s; stop() raises it",
