@@ -10,6 +10,7 @@ and nothing written or started.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,29 @@ CASES: list[tuple[str, list[str], str]] = [
     ("run-store", ["run", "--store", "gopher://x", "--id", "a", "--", "true"], "--store"),
     ("run-memory", ["run", "--store", "memory://", "--id", "a", "--", "true"], "--store"),
     ("run-id", ["run", "--store", "file://{tmp}", "--id", " ", "--", "true"], "--id"),
+    # A byte that is not UTF-8 ($'\x80bad'): Python's argv holds a lone surrogate.
+    (
+        "run-id-not-utf8",
+        ["run", "--store", "file://{tmp}", "--id", os.fsdecode(b"\x80bad"), "--", "true"],
+        "--id",
+    ),
+    (
+        "run-addr-no-port",
+        ["run", "--store", "file://{tmp}", "--id", "a", "--addr", "no-port", "--", "true"],
+        "--addr",
+    ),
+    (
+        "run-lease-absurd",
+        ["run", "--store", "file://{tmp}", "--id", "a", "--leader-timeout", "9223370000",
+         "--", "true"],
+        "--leader-timeout",
+    ),
+    (
+        "run-lease-tiny",
+        ["run", "--store", "file://{tmp}", "--id", "a", "--leader-timeout", "0.001",
+         "--frequent-interval", "0.0005", "--", "true"],
+        "--leader-timeout",
+    ),
     ("run-lock", ["run", "--store", "file://{tmp}", "--id", "a", "--lock", "../x"], "--lock"),
     (
         "run-lease-text",

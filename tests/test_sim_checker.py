@@ -185,3 +185,59 @@ def test_oracle_rule5_new_terms_exceed_every_seen_term() -> None:
     o.begin_write(0, 0, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
     # A retry of the same write (same kind, term, renewal) reuses its term.
     o.begin_write(0, 5, CREATE, "", term=1, renewal=1, lease_ms=1000, deadline=None)
+
+
+def test_oracle_rule5_counts_the_term_of_an_invalid_record() -> None:
+    o = _oracle()
+    o.garbage(0, "e1", term=9)  # leaseMs out of range, term in bounds
+    with pytest.raises(Violation, match=r"\[rule-5\].*new term 9 is not above the seen term 9"):
+        o.begin_write(0, T, TAKEOVER, "e1", term=9, renewal=1, lease_ms=1000, deadline=None)
+    o = _oracle()
+    o.garbage(0, "e1", term=9)
+    o.begin_write(0, T, TAKEOVER, "e1", term=10, renewal=1, lease_ms=1000, deadline=None)
+
+
+def test_oracle_rule1_an_invalid_record_waits_our_own_lease() -> None:
+    o = _oracle()
+    o.garbage(0, "e1", term=None)
+    with pytest.raises(Violation, match=r"\[rule-1\]"):
+        o.begin_write(0, T - 1, TAKEOVER, "e1", term=1, renewal=1, lease_ms=1000, deadline=None)
+    o = _oracle()
+    o.garbage(0, "e1", term=None)
+    o.begin_write(0, T, TAKEOVER, "e1", term=1, renewal=1, lease_ms=1000, deadline=None)
+
+
+def test_an_invalid_records_term_raises_the_bar_except_for_the_write_it_replaced() -> None:
+    c = Checker(3)
+    c.acquired(0, 0, term=3)
+    c.lost(10, 0)
+    # n1's takeover (term 4) landed; before its answer, an invalid record with term 8.
+    c.invalid_term(8, stored=4)
+    c.acquired(20, 1, term=4)  # won before the invalid record: announced after it
+    c.lost(30, 1)
+    with pytest.raises(Violation, match=r"\[terms\].*term 8, not above .* 8"):
+        c.acquired(40, 2, term=8)  # replacing the invalid record must go above it
+    c.acquired(40, 2, term=9)
+
+
+def test_a_destroyed_term_may_be_reused_once_and_only_upwards() -> None:
+    c = Checker(3)
+    c.acquired(0, 0, term=5)
+    c.lost(10, 0)
+    c.terms_destroyed(floor=5)  # not JSON: nobody else saw term 5
+    c.acquired(20, 1, term=4)  # the documented limit of rule 5
+    c.lost(30, 1)
+    assert c.terms_reset == 1
+    with pytest.raises(Violation, match=r"\[terms\]"):
+        c.acquired(40, 2, term=4)  # reuses still increase among themselves
+    c.acquired(40, 2, term=5)
+    c.lost(50, 2)
+    with pytest.raises(Violation, match=r"\[terms\]"):
+        c.acquired(60, 0, term=5)
+    c.acquired(60, 0, term=6)  # above the floor: strict again
+    assert c.terms_reset == 2
+    c2 = Checker(2)
+    c2.acquired(0, 0, term=5)
+    c2.lost(10, 0)
+    with pytest.raises(Violation, match=r"\[terms\]"):
+        c2.acquired(20, 1, term=4)  # no destruction: no reuse

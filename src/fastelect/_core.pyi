@@ -92,6 +92,12 @@ MAX_ID_BYTES: Final[int]
 MAX_ELECTION_NAME_BYTES: Final[int]
 #: The lock record's format version (its "v").
 RECORD_VERSION: Final[int]
+#: The longest lease a record may advertise, in ms (24 h).
+RECORD_LEASE_MS_MAX: Final[int]
+#: The highest term a record may carry (2**53 - 1).
+RECORD_TERM_MAX: Final[int]
+#: The longest duration the rules accept, in ns (24 h).
+MAX_DURATION_NS: Final[int]
 #: The clock id (a time.CLOCK_* value) every lease and deadline is measured on.
 LEASE_CLOCK: Final[int]
 #: Its name: "CLOCK_BOOTTIME" on Linux, "CLOCK_MONOTONIC" where that counts sleep.
@@ -312,7 +318,8 @@ class Campaign:
     def write_failed(self, now_ns: int, auth: bool = False) -> None: ...
     def read_failed(self, now_ns: int, auth: bool = False) -> None: ...
     def observe_missing(self, now_ns: int) -> None: ...
-    def observe_garbage(self, now_ns: int, etag: str) -> None: ...
+    def observe_garbage(self, now_ns: int, etag: str, term: int | None = None) -> None:
+        """An invalid record; ``term`` is its own term when that field alone is valid (rule 5)."""
     def observe_record(
         self,
         now_ns: int,

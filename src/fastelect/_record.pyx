@@ -20,6 +20,14 @@ RECORD_VERSION = _RECORD_VERSION
 #: Go's zero time: lastUpdated of a released record.
 cdef const char *_ZERO_TIME = b"0001-01-01T00:00:00Z"
 cdef const char *_HEX = b"0123456789abcdef"
+#: The record's bounds (docs/safety.md#bounds): a record outside them is invalid.
+#: 24 h: no lease may block an election longer than a day.
+cdef int64_t _LEASE_MS_MAX = 86_400_000
+#: 2**53 - 1: the largest integer every JSON reader (JavaScript's, Go's float64) keeps exact.
+cdef int64_t _TERM_MAX = 9_007_199_254_740_991
+RECORD_LEASE_MS_MAX = _LEASE_MS_MAX
+RECORD_TERM_MAX = _TERM_MAX
+
 #: 9999-12-31T23:59:59 UTC, the last second RFC 3339's four-digit year can show.
 cdef int64_t _MAX_SECONDS = 253402300799
 

@@ -15,6 +15,27 @@ cdef inline int64_t _min(int64_t a, int64_t b):
     return a if a < b else b
 
 
+cdef int64_t _I64_MAX = 9_223_372_036_854_775_807
+#: The longest duration the rules accept (24 h): every configured duration and
+#: every record lease is at most this, so sums of instants and durations stay
+#: far inside int64; _add saturates anyway, so nothing can overflow into the past.
+cdef int64_t _MAX_DURATION_NS = 86_400 * 1_000_000_000
+MAX_DURATION_NS = _MAX_DURATION_NS
+
+
+cdef inline int64_t _add(int64_t a, int64_t b):
+    """a + b, saturated to int64 (an overflowed deadline would lie in the past)."""
+    if b > 0 and a > _I64_MAX - b:
+        return _I64_MAX
+    if b < 0 and a < -_I64_MAX - 1 - b:
+        return -_I64_MAX - 1
+    return a + b
+
+
+cdef inline bint _term_ok(int64_t term):
+    return 0 <= term <= _TERM_MAX
+
+
 def new_nonce():
     """A fresh incarnation nonce: 64 random bits as 16 hex digits (rule 0)."""
     return secrets.token_hex(8)
@@ -76,6 +97,9 @@ cdef class Campaign:
             raise ValueError("need 0 < frequent, 0 <= margin and frequent + margin < lease")
         if infrequent_ns < frequent_ns:
             raise ValueError("need infrequent >= frequent")
+        if (lease_ns > _MAX_DURATION_NS or infrequent_ns > _MAX_DURATION_NS
+                or max_skew_ns > _MAX_DURATION_NS):
+            raise ValueError("every duration must be at most 24 h")
         self.lease_ns = lease_ns
         self.frequent_ns = frequent_ns
         self.infrequent_ns = infrequent_ns
@@ -104,7 +128,7 @@ cdef class Campaign:
         """Instant at which rule 1(a) lets us replace the observed record."""
         if not self.obs_known or self.obs_missing:
             return 0
-        return self.obs_first_seen_ns + _max(self.lease_ns, self.obs_lease_ns)
+        return _add(self.obs_first_seen_ns, _max(self.lease_ns, self.obs_lease_ns))
 
     @property
     def observed_term(self):
@@ -170,7 +194,7 @@ cdef class Campaign:
                 self.pending_term = self.term
                 self.pending_match = self.etag
                 if self.role == LEADER:
-                    self._cap_lease(now_ns + self.pending_lease_ns - self.pending_margin_ns)
+                    self._cap_lease(_add(now_ns, self.pending_lease_ns - self.pending_margin_ns))
         self.pending_unknown = True
         self.slot._bump(C_WRITES)
         return (self.pending_match, self.pending_term, self.pending_renewal, kind == RELEASE)
@@ -235,7 +259,7 @@ cdef class Campaign:
         """
         self.write_fails += 1
         self.slot._bump(C_FAILED_WRITES)
-        cdef int64_t at = now_ns + self._retry_delay(self.write_fails, auth)
+        cdef int64_t at = _add(now_ns, self._retry_delay(self.write_fails, auth))
         self.write_not_before_ns = at
         if self.pending_kind == RENEW:
             # Keep renewing with the same renewal number; the deadline stays put.
@@ -252,7 +276,7 @@ cdef class Campaign:
         """A read failed (transport error, timeout; ``auth``: a 403, retried no sooner than F)."""
         self.read_fails += 1
         self.slot._bump(C_STORAGE_ERRORS)
-        self._schedule(READ, now_ns + self._retry_delay(self.read_fails, auth))
+        self._schedule(READ, _add(now_ns, self._retry_delay(self.read_fails, auth)))
 
     def observe_missing(self, int64_t now_ns):
         """The read found no record."""
@@ -278,11 +302,19 @@ cdef class Campaign:
         # Not a completed cycle yet: the create that follows decides who leads.
         self._schedule(CREATE, _max(now_ns, self.write_not_before_ns))
 
-    def observe_garbage(self, int64_t now_ns, str etag):
-        """The read found a record we cannot parse; replaceable only once provably stale."""
+    def observe_garbage(self, int64_t now_ns, str etag, object term=None):
+        """The read found an invalid record; replaceable only once provably stale.
+
+        ``term``: the record's own ``term`` when that field alone is valid
+        (an integer in [0, 2**53 - 1]); rule 5 counts it, so the leadership
+        that replaces the garbage still writes a higher term.
+        """
         self.slot._bump(C_READS)
         self.slot._bump(C_RECORD_ERRORS)
         self.read_fails = 0
+        if (term is not None and not isinstance(term, bool) and isinstance(term, int)
+                and 0 <= term <= _TERM_MAX and term > self.max_term_seen):
+            self.max_term_seen = term
         if self.role == LEADER:
             self._step_down(now_ns)
         self._clear_pending()
@@ -315,6 +347,11 @@ cdef class Campaign:
         ``nonce`` is the record's incarnation nonce ("" when it has none, as
         s3lect's records): only a record with our id *and* our nonce is ours.
         """
+        if not (_term_ok(term) and 0 <= lease_ms <= _LEASE_MS_MAX):
+            # Out of bounds (docs/safety.md#bounds): invalid, like any garbage
+            # record -- never released, never taken before our own T.
+            self.observe_garbage(now_ns, etag, term if _term_ok(term) else None)
+            return
         cdef bint ours = leader_id == self.server_id and nonce == self.nonce
         self.slot._bump(C_READS)
         self.read_fails = 0
@@ -332,7 +369,7 @@ cdef class Campaign:
             if etag == self.etag:
                 # Our own current record: nothing changed.
                 self.verifying = False
-                self._schedule(RENEW, self.pending_first_send_ns + self.frequent_ns)
+                self._schedule(RENEW, _add(self.pending_first_send_ns, self.frequent_ns))
                 return
             self._step_down(now_ns)
         self._clear_pending()
@@ -381,7 +418,7 @@ cdef class Campaign:
                 self.obs_etag = etag
                 self.obs_first_seen_ns = now_ns
             self.events |= EV_CYCLE
-            self._schedule(PEER_CHECK, now_ns + self.frequent_ns)
+            self._schedule(PEER_CHECK, _add(now_ns, self.frequent_ns))
             return
         self.slot._bump(C_PEER_FAILURES)
         self.peer_suspect = True
@@ -522,29 +559,30 @@ cdef class Campaign:
             return
         if self.obs_garbage:
             lease = self.lease_ns
-        legal_at = self.obs_first_seen_ns + lease                 # rule 1(a)
+        legal_at = _add(self.obs_first_seen_ns, lease)             # rule 1(a)
         if self.max_skew_ns >= 0 and not self.obs_garbage and self.obs_updated_wall_ns > 0:
             # rule 1(c): wall-clock staleness, only when the operator bounds skew.
-            legal_at = _min(legal_at, self.obs_updated_wall_ns + lease + self.max_skew_ns
-                            - self.obs_wall_at_mono_ns)
+            # Saturating: a lastUpdated near the int64 end must not wrap into the past.
+            legal_at = _min(legal_at, _add(_add(self.obs_updated_wall_ns, lease + self.max_skew_ns),
+                                           -self.obs_wall_at_mono_ns))
         if now >= legal_at:
             self._schedule(TAKEOVER, write_at)
             return
         if self.stable and self.peer_mode and self.leader_addr and not self.peer_suspect:
-            self._schedule(PEER_CHECK, now + self.frequent_ns)
+            self._schedule(PEER_CHECK, _add(now, self.frequent_ns))
             return
         if self.stable:
             self.peer_suspect = False
-            next_at = now + self.infrequent_ns
+            next_at = _add(now, self.infrequent_ns)
         else:
-            next_at = now + self.frequent_ns
+            next_at = _add(now, self.frequent_ns)
         self._schedule(READ, _min(next_at, legal_at))
 
     cdef void _become_leader(self, int64_t now, str etag):
         # Rule 2: the lease counts from before the first send of this write,
         # with the lease and margin snapshotted when the write began.
-        cdef int64_t deadline = (self.pending_first_send_ns + self.pending_lease_ns
-                                 - self.pending_margin_ns)
+        cdef int64_t deadline = _add(self.pending_first_send_ns,
+                                     self.pending_lease_ns - self.pending_margin_ns)
         cdef bint was_leader = self.role == LEADER
         cdef int kind = self.pending_kind
         cdef int64_t term = self.pending_term
@@ -627,7 +665,7 @@ cdef class Campaign:
         self.obs_nonce = self.nonce
         self.obs_first_seen_ns = now
         # Give the others a lease to take what we handed back before we try again.
-        self._schedule(READ, now + self.lease_ns)
+        self._schedule(READ, _add(now, self.lease_ns))
 
     cdef void _publish_observation(self):
         self.slot._begin()

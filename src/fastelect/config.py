@@ -9,7 +9,9 @@ to change.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import re
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -26,6 +28,23 @@ Hook = Callable[[], Awaitable[None] | None]
 NewLeaderHook = Callable[[str], Awaitable[None] | None]
 
 _MAX_ID_BYTES = 120
+#: Every duration is at most 24 h (docs/safety.md#bounds): the record's leaseMs
+#: is bounded by a day, and no deadline arithmetic can get near int64 nanoseconds.
+MAX_DURATION = 86_400.0
+#: The shortest lease accepted.  The record advertises the lease in whole
+#: milliseconds, and one renewal cycle -- an event-loop timer (about 1 ms of
+#: jitter), a storage round trip (about 0.1 ms in memory, 10-100 ms for S3) and
+#: the margin -- must fit in it several times over: below 10 ms no store can
+#: renew in time and the lease lapses between renewals.
+MIN_LEASE = 0.010
+#: Below this lease a WARNING says that S3 and most stores cannot meet it.
+_WARN_LEASE = 0.100
+#: ``host:port``, the host a name, an IPv4 address or a bracketed IPv6 address.
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):([0-9]{1,5})$")
+#: The fields whose default is derived from leader_timeout (recomputed by copy()).
+_DERIVED = ("safety_margin", "hook_timeout", "storage_timeout")
+
+_log = logging.getLogger("fastelect.config")
 
 
 def to_seconds(field: str, value: Duration | None) -> float:
@@ -38,6 +57,8 @@ def to_seconds(field: str, value: Duration | None) -> float:
         seconds = float(value)
     if not math.isfinite(seconds):
         raise ConfigError(field, f"must be finite, not {seconds}")
+    if seconds > MAX_DURATION:
+        raise ConfigError(field, f"must be at most {MAX_DURATION:g} s (24 h), not {seconds:g}")
     return seconds
 
 
@@ -46,7 +67,15 @@ def _check_text(field: str, value: object, *, required: bool) -> None:
         raise ConfigError(field, f"must be a string, not {type(value).__name__}")
     if required and not value.strip():
         raise ConfigError(field, "must not be empty")
-    if len(value.encode("utf-8")) > _MAX_ID_BYTES:
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate, e.g. a non-UTF-8 byte from argv ($'\x80bad'):
+        # it cannot go into the record's JSON.
+        raise ConfigError(
+            field, f"must be valid UTF-8 text, not {value.encode('utf-8', 'replace')!r}"
+        ) from None
+    if len(encoded) > _MAX_ID_BYTES:
         raise ConfigError(field, f"must be at most {_MAX_ID_BYTES} bytes of UTF-8")
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
         raise ConfigError(field, "must not contain control characters")
@@ -102,6 +131,11 @@ class ElectorConfig:
     #: Bound on each storage call. Default None = min(2 s, leader_timeout / 3);
     #: a leader's writes are further bounded by what is left of its lease.
     storage_timeout: Duration | None = None
+    #: Which of safety_margin, hook_timeout and storage_timeout were left to
+    #: their defaults (so copy() derives them again from a new leader_timeout).
+    _defaulted: frozenset[str] = dataclasses.field(
+        init=False, repr=False, compare=False, default=frozenset()
+    )
 
     def __post_init__(self) -> None:
         _check_text("lockfile_path", self.lockfile_path, required=True)
@@ -112,12 +146,36 @@ class ElectorConfig:
             )
         _check_text("server_id", self.server_id, required=True)
         _check_text("server_addr", self.server_addr, required=False)
+        if self.server_addr:
+            match = _HOST_PORT.match(self.server_addr)
+            if match is None or int(match.group(2)) > 65535:
+                raise ConfigError(
+                    "server_addr",
+                    f"must be host:port (a port up to 65535), not {self.server_addr!r}",
+                )
+        self._defaulted = frozenset(name for name in _DERIVED if getattr(self, name) is None)
         for name in ("frequent_interval", "infrequent_interval", "leader_timeout", "peer_timeout"):
             seconds = to_seconds(name, getattr(self, name))
             if seconds <= 0:
                 raise ConfigError(name, f"must be positive, not {seconds}")
             setattr(self, name, seconds)
         freq, infreq, lease = self.frequent, self.infrequent, self.lease
+        if lease < MIN_LEASE:
+            raise ConfigError(
+                "leader_timeout",
+                f"must be at least {MIN_LEASE * 1000:g} ms, not {lease * 1000:g} ms: the record "
+                "advertises whole milliseconds, and a renewal (an event-loop timer, a storage "
+                "round trip, the safety margin) must fit in the lease several times over; no "
+                "store can renew a shorter one in time",
+            )
+        if lease < _WARN_LEASE:
+            _log.warning(
+                "leader_timeout %g ms is shorter than %g ms: S3 conditional writes take "
+                "10-100 ms, so renewals will often miss the lease and leadership flap; "
+                "only in-memory or local stores can keep such a lease",
+                lease * 1000,
+                _WARN_LEASE * 1000,
+            )
         if freq >= lease:
             raise ConfigError(
                 "frequent_interval",
@@ -207,5 +265,13 @@ class ElectorConfig:
         return round(float(value) * 1e9)
 
     def copy(self, **changes: Any) -> ElectorConfig:
-        """A validated copy with ``changes`` applied."""
+        """A validated copy with ``changes`` applied.
+
+        A derived field (``safety_margin``, ``hook_timeout``,
+        ``storage_timeout``) that was left to its default is derived again
+        from the copy's ``leader_timeout``, as if the copy were constructed
+        afresh; one that was set keeps its value unless ``changes`` names it.
+        """
+        for name in self._defaulted:
+            changes.setdefault(name, None)
         return dataclasses.replace(self, **changes)

@@ -56,7 +56,7 @@ from .errors import (
     StorageError,
 )
 from .peer import PeerChecker
-from .record import parse_record
+from .record import parse_record, record_term
 from .storage.base import BucketNotFound, MinimalStorage, ObjectNotFound, Storage, as_storage
 
 if TYPE_CHECKING:
@@ -91,11 +91,19 @@ class LeadershipStatus:
     #: The nonce of another live process writing under our ``server_id``
     #: ("" unless such a clash was seen; see ``docs/safety.md``, rule 0).
     duplicate_id_nonce: str = ""
+    #: Why the elector's background task died ("" while it runs or after a
+    #: clean stop); ``stop()`` raises that failure.
+    failure: str = ""
 
 
 def _wake_up(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _mono_to_wall(mono_ns: int) -> datetime | None:
@@ -132,6 +140,7 @@ class Elector(_core.LeaseHolder):
         "_cycled",
         "_expiry",
         "_extra",
+        "_failure",
         "_first_cycle",
         "_fold",
         "_frequent_ns",
@@ -142,6 +151,7 @@ class Elector(_core.LeaseHolder):
         "_last_error",
         "_leading",
         "_log",
+        "_long_lease_warned",
         "_peer",
         "_peer_healthy",
         "_pid",
@@ -243,6 +253,10 @@ class Elector(_core.LeaseHolder):
         self._last_error: BaseException | None = None
         # Storage-failure log lines folded per kind; made at the first failure.
         self._fold: LogFold | None = None
+        #: What killed the background task, raised by stop() (issue 19: never silently).
+        self._failure: BaseException | None = None
+        #: (leader id, nonce, term) of the last record warned about for a long lease.
+        self._long_lease_warned: tuple[str, str, int] | None = None
         self._watchdog = 0
         self._frequent_ns = 0
         self._cache_timings()
@@ -320,6 +334,7 @@ class Elector(_core.LeaseHolder):
             consecutive_fails=c.consecutive_fails,
             term=self.term,
             duplicate_id_nonce=c.duplicate_nonce,
+            failure="" if self._failure is None else _describe(self._failure),
         )
 
     async def start(self) -> None:
@@ -349,10 +364,12 @@ class Elector(_core.LeaseHolder):
         if self._campaign.role == _core.Role.STOPPED:
             # Rule 0: every start is a new incarnation with a fresh nonce.
             self._campaign.restart(_core.monotonic_ns())
+        self._failure = None
         self._hooks_task = loop.create_task(
             self._run_hooks(), name=f"fastelect-hooks-{self.election}"
         )
-        self._task = loop.create_task(self._run(), name=f"fastelect-{self.election}")
+        self._task = loop.create_task(self._run_guarded(), name=f"fastelect-{self.election}")
+        self._task.add_done_callback(self._task_done)
         self._log.info(
             "elector %s campaigning for %s", self._config.server_id, self._where, extra=self._extra
         )
@@ -404,10 +421,60 @@ class Elector(_core.LeaseHolder):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         except Exception:
-            self._log.exception("elector loop failed", extra=self._extra)
+            pass  # _task_done logged it and stepped down; raised below, after the cleanup
         await self._finish_stop()
         self._task = None
         self._log.info("elector %s stopped", self._config.server_id, extra=self._extra)
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    async def _run_guarded(self) -> None:
+        """``_run``, failing loudly inside the task.
+
+        The step-down happens before the task counts as done: a done
+        callback runs a loop iteration later, and in between ``running``
+        would be False while ``is_leader()`` still said True.
+        """
+        try:
+            await self._run()
+        except Exception as exc:
+            self._fail(exc)
+            raise
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        """The campaign task ended: if it died outside ``_run_guarded``, fail now."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        if self._failure is not exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        """The campaign task died: end the elector loudly (issue 19).
+
+        A dead campaign renews nothing, so the node steps down at once
+        (``is_leader()`` False, ``on_lose`` queued) instead of answering
+        "leader" until its lease runs out; the failure is logged at ERROR with
+        its traceback, shown by ``status().failure`` and raised by ``stop()``.
+        """
+        self._failure = exc
+        self._log.error(
+            "elector %s for %s failed and stopped campaigning: %s; stop() raises it",
+            self._config.server_id,
+            self._where,
+            _describe(exc),
+            exc_info=exc,
+            extra=self._extra,
+        )
+        c = self._campaign
+        c.step_down(_core.monotonic_ns())
+        with contextlib.suppress(Exception):  # what failed may fail again; step-down holds
+            self._dispatch(c.take_events())
+        for event in (self._leading, self._changed, self._first_cycle):
+            if event is not None:
+                event.set()  # waiters wake and find the elector not running
 
     async def _stop_scheduled(self) -> None:
         assert self._sched is not None
@@ -455,10 +522,15 @@ class Elector(_core.LeaseHolder):
             if self._leading is None and self._sched is not None and self.running:
                 self._leading = asyncio.Event()
             if not self.running or self._leading is None:
-                raise LifecycleError("elector is not running")
+                raise LifecycleError(self._not_running()) from self._failure
             await self._leading.wait()
             if not self.is_leader():
                 await asyncio.sleep(0)
+
+    def _not_running(self) -> str:
+        if self._failure is None:
+            return "elector is not running"
+        return f"elector is not running: it failed with {_describe(self._failure)}"
 
     async def wait_for_election(self) -> LeadershipStatus:
         """Return once the first election cycle completed (leader or follower known)."""
@@ -791,8 +863,10 @@ class Elector(_core.LeaseHolder):
                 exc,
                 extra=self._extra,
             )
-            c.observe_garbage(arrived, etag)
+            c.observe_garbage(arrived, etag, record_term(body))  # rule 5: its term counts
             return
+        if record.lease_ms * 1_000_000 > 10 * self._config.ns("leader_timeout"):
+            self._warn_long_lease(record.leader_id, record.nonce, record.term, record.lease_ms)
         c.observe_record(
             arrived,
             time.time_ns(),
@@ -805,6 +879,25 @@ class Elector(_core.LeaseHolder):
             record.released,
             record.last_updated_ns or 0,
             record.nonce,
+        )
+
+    def _warn_long_lease(self, leader_id: str, nonce: str, term: int, lease_ms: int) -> None:
+        # Rule 1 honours the longer lease, so a crashed holder of this record
+        # blocks the election that long: say so once per record, not per poll.
+        key = (leader_id, nonce, term)
+        if self._long_lease_warned == key:
+            return
+        self._long_lease_warned = key
+        self._log.warning(
+            "lock record at %s (leader %s, term %d) advertises a lease of %.3f s, more than "
+            "10x ours (%.3f s): if its holder dies, the election is blocked for up to %.3f s",
+            self._where,
+            leader_id,
+            term,
+            lease_ms / 1000,
+            self._config.lease,
+            lease_ms / 1000,
+            extra=self._extra,
         )
 
     async def _write(self) -> None:

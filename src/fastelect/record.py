@@ -23,11 +23,27 @@ from datetime import UTC, datetime
 
 import orjson
 
-from ._core import RECORD_VERSION, encode_record_body
+from ._core import RECORD_LEASE_MS_MAX, RECORD_TERM_MAX, RECORD_VERSION, encode_record_body
 from .errors import RecordError
 from .storage.base import MAX_OBJECT_SIZE
 
-__all__ = ["RECORD_VERSION", "ZERO_TIME", "LockRecord", "encode_record", "parse_record"]
+__all__ = [
+    "LEASE_MS_MAX",
+    "RECORD_VERSION",
+    "TERM_MAX",
+    "ZERO_TIME",
+    "LockRecord",
+    "encode_record",
+    "parse_record",
+    "record_term",
+]
+
+#: The longest lease a record may advertise (24 h, in ms); longer is invalid.
+LEASE_MS_MAX: int = RECORD_LEASE_MS_MAX
+#: The highest term a record may carry (2**53 - 1, exact in every JSON reader).
+TERM_MAX: int = RECORD_TERM_MAX
+#: lastUpdated must fit the lease clock's int64 nanoseconds (1677-09-21 .. 2262-04-11).
+_NS_MIN, _NS_MAX = -(2**63), 2**63 - 1
 
 #: Go's zero time, which s3lect writes as lastUpdated when it releases.
 ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -121,7 +137,11 @@ def _parse_time_slow(text: str) -> int | None:
         sign = 1 if zone[0] == "+" else -1
         offset = sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
     seconds = (ordinal - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60 + second - offset
-    return seconds * 1_000_000_000 + nanos
+    unix_ns = seconds * 1_000_000_000 + nanos
+    if not _NS_MIN <= unix_ns <= _NS_MAX:
+        # Outside int64 nanoseconds: no clock of ours can compare with it.
+        raise RecordError(f"lastUpdated is out of range: {text[:64]!r}")
+    return unix_ns
 
 
 def encode_record(
@@ -144,17 +164,46 @@ def encode_record(
     )
 
 
-def _int_field(data: dict[str, object], key: str, default: int) -> int:
+def _int_field(data: dict[str, object], key: str, default: int, low: int, high: int) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise RecordError(f"{key} must be an integer, not {type(value).__name__}")
-    if value < 0 or value > 2**62:
-        raise RecordError(f"{key} is out of range: {value}")
+    if (value < low or value > high) and not (key in _OPTIONAL and key not in data):
+        raise RecordError(f"{key} is out of range [{low}, {high}]: {value}")
     return value
 
 
+#: Fields s3lect does not write: absent, they default (term 0, leaseMs 0 = "our own T").
+_OPTIONAL = frozenset({"term", "leaseMs", "renewal"})
+
+
+def record_term(body: bytes) -> int | None:
+    """The in-bounds ``term`` of a record body, valid or not (rule 5); None if it has none.
+
+    A record can be invalid in another field (a leaseMs of -1, a missing
+    leaderID) and still carry the term its writer fenced with: a node that
+    replaces it must write a higher one, so the term counts.
+    """
+    if len(body) > MAX_OBJECT_SIZE:
+        return None
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    term = data.get("term") if isinstance(data, dict) else None
+    if isinstance(term, bool) or not isinstance(term, int) or not 0 <= term <= TERM_MAX:
+        return None
+    return term
+
+
 def parse_record(body: bytes) -> LockRecord:
-    """Parse untrusted record bytes; raises RecordError on anything malformed."""
+    """Parse untrusted record bytes; raises RecordError on anything malformed.
+
+    Out of bounds is malformed too (docs/safety.md#bounds): ``leaseMs`` in
+    [1, 86,400,000] when present (absent, as s3lect writes it, means the
+    reader's own lease), ``term`` in [0, 2**53 - 1], ``lastUpdated`` within
+    int64 nanoseconds.
+    """
     if len(body) > MAX_OBJECT_SIZE:
         raise RecordError(f"record is larger than {MAX_OBJECT_SIZE} bytes")
     try:
@@ -179,8 +228,8 @@ def parse_record(body: bytes) -> LockRecord:
         leader_id=leader_id,
         leader_addr=leader_addr,
         last_updated_ns=parse_time(updated),
-        term=_int_field(data, "term", 0),
-        lease_ms=_int_field(data, "leaseMs", 0),
-        renewal=_int_field(data, "renewal", 0),
+        term=_int_field(data, "term", 0, 0, TERM_MAX),
+        lease_ms=_int_field(data, "leaseMs", 0, 1, LEASE_MS_MAX),
+        renewal=_int_field(data, "renewal", 0, 0, 2**62),
         nonce=nonce,
     )

@@ -158,13 +158,14 @@ def command(args: argparse.Namespace) -> int:
         parser.error("--tls-cert/--tls-key are only used with --health-bind")
     _util.configure_logging(args, default=logging.INFO)
     spec = parse_store_url(args.store)
+    # The bind first: the address written as leaderAddr derives from it.
+    cert = _health_cert(args.tls_cert, args.tls_key) if args.health_bind else None
+    if args.health_bind:
+        _check_health_bind(args.health_bind, cert)
     addr = args.addr if args.addr is not None else _addr_from_bind(args.health_bind)
     config = _util.elector_config(
         args, lockfile_path=args.lock, server_id=args.server_id, server_addr=addr
     )
-    cert = _health_cert(args.tls_cert, args.tls_key) if args.health_bind else None
-    if args.health_bind:
-        _check_health_bind(args.health_bind, cert)
     # A command's lease watchdog reads the deadline from a named table, so
     # there is always one then (private: mode 0600, removed on stop).
     table_name = args.shm or (f"run-{os.getpid()}" if cmd or args.health_bind else None)

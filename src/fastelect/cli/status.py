@@ -5,7 +5,9 @@ whose ``lastUpdated`` is younger than its lease (``leaseMs``, or
 ``--leader-timeout`` for records without one, as s3lect writes them) looks
 live.  That compares another host's wall clock with ours, so it is a hint for
 operators and scripts, not the safety rule electors follow (they time leases
-on their own monotonic clocks and never trust wall clocks by default).
+on their own clock that counts suspend, and never trust wall clocks by default).
+Either way the record's age and whether its lease ran out by the wall clock
+are shown, so a record six hours old never reads as just "live".
 """
 
 from __future__ import annotations
@@ -102,7 +104,10 @@ async def read_status(spec: StoreSpec, lock: str, default_lease: float) -> dict[
     try:
         record = parse_record(body)
     except RecordError as exc:
-        raise _util.CLIError(f"the lock record at {where} is unreadable: {exc}") from exc
+        raise _util.CLIError(
+            f"the lock record at {where} is unreadable: {exc} (electors replace it once it has "
+            "kept one etag for their own lease)"
+        ) from exc
     now = time.time_ns()
     lease_s = record.lease_ms / 1000 if record.lease_ms > 0 else default_lease
     age_s = None if record.last_updated_ns is None else (now - record.last_updated_ns) / _NS
@@ -112,6 +117,8 @@ async def read_status(spec: StoreSpec, lock: str, default_lease: float) -> dict[
         state, live = "live", True
     else:
         state, live = "expired", False
+    # By this host's wall clock: negative once the lease ran out.
+    left_s = None if age_s is None else lease_s - age_s
     return {
         "lock": where,
         "exists": True,
@@ -123,6 +130,9 @@ async def read_status(spec: StoreSpec, lock: str, default_lease: float) -> dict[
         "last_updated": None if record.released else format_time(record.last_updated_ns),
         "age_seconds": None if age_s is None else round(age_s, 3),
         "lease_seconds": lease_s,
+        "lease_left_seconds": None if left_s is None else round(left_s, 3),
+        "lease_ran_out": None if left_s is None else left_s <= 0,
+        "long_lease": lease_s > 10 * default_lease,
         "released": record.released,
         "etag": etag,
     }
@@ -177,12 +187,20 @@ def _render(info: dict[str, Any]) -> str:
             "expired": "no leader: no renewal for longer than the lease "
             f"({info['lease_seconds']:g} s)",
         }[info["state"]]
+        lease = f"{info['lease_seconds']:g} s"
+        left = info["lease_left_seconds"]
+        if left is not None:
+            # The wall-clock view: how long ago the lease ran out, or when it will.
+            when = f"ran out {-left:.1f} s ago" if left <= 0 else f"runs out in {left:.1f} s"
+            lease += f" ({when} by this host's clock)"
+        if info["long_lease"]:
+            lease += "; more than 10x --leader-timeout: a dead holder blocks the election that long"
         rows += [
             ("leader", info["leader_id"]),
             ("address", info["leader_addr"] or "-"),
             ("term", str(info["term"])),
             ("last update", updated),
-            ("lease", f"{info['lease_seconds']:g} s"),
+            ("lease", lease),
             ("state", state),
         ]
     width = max(len(name) for name, _ in rows) + 1

@@ -32,12 +32,16 @@ class Checker:
     """Safety and liveness invariants over ``nodes`` nodes, indexed from 0."""
 
     __slots__ = (
+        "_floor",
+        "_late",
+        "_since",
         "acquisitions",
         "leading",
         "lease_end",
         "lease_term",
         "max_term",
         "max_work_term",
+        "terms_reset",
         "work_steps",
     )
 
@@ -51,6 +55,15 @@ class Checker:
         self.max_term = -1
         #: Highest term whose leader work has started.
         self.max_work_term = -1
+        #: Leaderships that reused a term a hostile write destroyed (see
+        #: terms_destroyed): the documented limit of rule 5, counted.
+        self.terms_reset = 0
+        #: Terms up to this one were destroyed before every node saw them.
+        self._floor = -1
+        #: Highest term reused since the last destruction: reuses still increase.
+        self._since = -1
+        #: A term stored before an invalid record raised the bar, not yet announced.
+        self._late = -1
         self.acquisitions = 0
         self.work_steps = 0
 
@@ -91,16 +104,48 @@ class Checker:
             raise Violation(
                 "hooks", t, f"n{node} got EV_ACQUIRED (term {term}) while already leading"
             )
-        if term <= self.max_term:
-            raise Violation(
-                "terms",
-                t,
-                f"n{node} starts a leadership with term {term}, not above the highest "
-                f"earlier term {self.max_term}",
-            )
+        if term <= self.max_term and term == self._late:
+            self._late = -1  # its write landed before the invalid record did
+        elif term <= self.max_term:
+            if not self._since < term <= self._floor:
+                raise Violation(
+                    "terms",
+                    t,
+                    f"n{node} starts a leadership with term {term}, not above the highest "
+                    f"earlier term {self.max_term}",
+                )
+            # Documented limit (docs/safety.md, rule 5): a node that never saw
+            # a term before a hostile write destroyed it cannot continue from
+            # it.  Reused terms still increase among themselves, and the
+            # per-incarnation oracle still checks every term each node saw.
+            self.terms_reset += 1
+            self._since = term
+            self.max_work_term = -1
         self.leading[node] = True
-        self.max_term = term
+        self.max_term = max(self.max_term, term)
         self.acquisitions += 1
+
+    def terms_destroyed(self, floor: int) -> None:
+        """The record was replaced by one with no valid term (not JSON, out of range).
+
+        ``floor``: the highest term any write had stored so far (some may not
+        have been acknowledged yet).  A node that never saw those terms may
+        issue them again: rule 5 counts only terms a node has seen.
+        """
+        self._floor = max(self._floor, floor)
+        self._since = -1
+
+    def invalid_term(self, term: int, stored: int) -> None:
+        """The record was replaced by an invalid one whose own ``term`` is valid.
+
+        Every later leadership must be above it (rule 5 counts it), so it
+        raises the bar like a leadership would -- except the one whose write
+        (term ``stored``) it replaced: that leadership was won before, and
+        may be announced after.
+        """
+        if stored > self.max_term:
+            self._late = stored
+        self.max_term = max(self.max_term, term)
 
     def lost(self, t: int, node: int) -> None:
         """EV_LOST dispatched (``on_lose`` queued)."""

@@ -18,8 +18,9 @@ Campaign makes against them, on the same inputs the driver feeds it:
 * rule 4 -- a leadership won by reading (adoption) reads this incarnation's
   own record, with its pending term and renewal;
 * rule 5 -- a CREATE or TAKEOVER carries a term above every term observed
-  (in records read, or as its own leadership; a write that never landed
-  shows no term, so a fresh attempt may reuse it).
+  (in records read -- including the in-bounds ``term`` of an invalid record --
+  or as its own leadership; a write that never landed shows no term, so a
+  fresh attempt may reuse it).
 
 A disagreement raises :class:`~fastelect.sim.checker.Violation` ("rule-N").
 """
@@ -84,6 +85,18 @@ class RuleOracle:
             own = nonce == self.nonce
             self.seen[etag] = _Seen(now, lease_ms * 1_000_000, released, own, self.lease)
         self.max_term = max(self.max_term, term)
+
+    def garbage(self, now: int, etag: str, term: int | None) -> None:
+        """A read answered with an invalid record; ``term``: its in-bounds term, if any.
+
+        Rule 1: it may be taken only after our own T (its leaseMs is not
+        trusted, so it counts as 0).  Rule 5 counts its term: the leadership
+        that replaces it writes a higher one.
+        """
+        if etag not in self.seen:
+            self.seen[etag] = _Seen(now, 0, False, False, self.lease)
+        if term is not None:
+            self.max_term = max(self.max_term, term)
 
     def peer_etag(self, now: int, etag: str) -> None:
         """A peer named the leader's current etag (as good as reading it, the core says)."""

@@ -31,10 +31,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .. import _core
 from .._core import Campaign, LeadershipTable
 from ..errors import RecordError
-from ..record import parse_record
+from ..record import parse_record, record_term
 from .checker import Checker, Violation
 from .oracle import RuleOracle
 
@@ -58,6 +60,9 @@ COVERAGE = (
     "duplicate-id",  # EV_DUPLICATE_ID raised
     "peer-lie",  # a peer answered 200 for a leader that may not lead
     "takeover",  # a leadership changed hands to another node
+    "corrupt",  # a hostile write replaced the record with an invalid one
+    "corrupt-term-kept",  # ... one whose own term is in bounds (rule 5 must count it)
+    "corrupt-replaced",  # an elector replaced such a record (after its own T)
 )
 
 MS = 1_000_000
@@ -100,6 +105,12 @@ NF_RESTART, NF_RESUME, NF_HEAL_ONE, NF_START, NF_HEAL_ALL, NF_END = range(5, 11)
 NF_CRASH_LEADER, NF_STOP_LEADER = range(11, 13)
 #: update_config while this node's next write is in flight (rule 2's case).
 NF_CONFIG_MIDWRITE = 13
+#: A hostile write replaces the record with an invalid one (argument: the variant).
+NF_CORRUPT = 14
+#: What NF_CORRUPT writes: not JSON; a term out of range; an in-bounds term with
+#: an absurd or negative lease (the values issue 19 found).
+CORRUPT_NOT_JSON, CORRUPT_TERM_RANGE, CORRUPT_LEASE = range(3)
+_CORRUPT_LEASES = (9_223_372_036_854, 10**12, -1, 0, 86_400_001)
 # Node process states.
 S_RUNNING, S_STOPPED, S_CRASHED = range(3)
 
@@ -246,6 +257,12 @@ def draw_params(seed: int) -> Params:
         work_min=t_max // 50,
         work_max=t_max // 8,
     )
+    # Hostile writes, from their own generator so every other draw stays as it was.
+    crng = random.Random(seed ^ 0xBAD5EED)
+    if crng.random() < 0.3:
+        for _ in range(crng.randint(1, 3)):
+            variant = crng.choice((CORRUPT_NOT_JSON, CORRUPT_TERM_RANGE, CORRUPT_LEASE))
+            faults.append((crng.randint(0, faults_end), NF_CORRUPT, -1, variant))
     p.live_by = faults_end + liveness_bound(p)
     p.end = p.live_by + 2 * t_max
     return p
@@ -587,7 +604,11 @@ class SimNode:
                 try:
                     r = parse_record(body)
                 except RecordError:
-                    c.observe_garbage(now, etag)
+                    kept = record_term(body)
+                    if w.rec:
+                        w.note(t, self, f"read {etag}: invalid record (term {kept})")
+                    self.oracle.garbage(now, etag, kept)
+                    c.observe_garbage(now, etag, kept)
                 else:
                     if w.rec:
                         w.note(
@@ -760,6 +781,10 @@ class World:
         self.body: bytes | None = None
         self.etag = ""
         self.etags = 0
+        #: The store holds a record NF_CORRUPT wrote (counts "corrupt-replaced").
+        self.corrupt = False
+        #: True time the stored record was written.
+        self.stored_at = 0
         self.nodes = [SimNode(self, i) for i in range(len(p.node_ids))]
         self.fates = list(range(8))
 
@@ -872,7 +897,11 @@ class World:
                 self.etags += 1
                 self.body = body
                 self.etag = f"e{self.etags}"
+                self.stored_at = t
                 out = (O_OK, self.etag, wall)
+                if self.corrupt:
+                    self.corrupt = False
+                    self.count("corrupt-replaced")
                 sender = self.nodes[node_idx]
                 if fate == F_LATE:
                     self.count("late-write")
@@ -910,7 +939,7 @@ class World:
 
     def _fault(self, t: int, kind: int, node_idx: int, arg: int) -> None:
         n = self.nodes[node_idx] if node_idx >= 0 else None
-        if t > self.p.faults_end and (kind < NF_HEAL_ALL or kind == NF_CONFIG_MIDWRITE):
+        if t > self.p.faults_end and (kind < NF_HEAL_ALL or kind >= NF_CONFIG_MIDWRITE):
             return  # the heal at faults_end already ended every fault
         if kind == NF_HEAL_ALL:
             self._heal_all(t)
@@ -930,6 +959,9 @@ class World:
                 else:
                     self.nodes[live[0]].request_stop(t)
                     self.push(t + arg, E_FAULT, live[0], 0, (NF_START, 0))
+            return
+        if kind == NF_CORRUPT:
+            self._corrupt(t, arg)
             return
         assert n is not None
         if kind <= NF_CONFIG:
@@ -970,6 +1002,68 @@ class World:
                 n.deferred.append((t, self.token(), E_FAULT, node_idx, (kind, arg)))
                 return
             n.update_config(t, self.p.timings[arg])
+
+    def _corrupt(self, t: int, variant: int) -> None:
+        """A hostile (or buggy) client overwrites the record with an invalid one.
+
+        Only where the rules can keep their promise: an invalid record hides
+        the lease its predecessor advertised, so followers wait their own T.
+        That is safe while every node is configured with one T (one timing in
+        the schedule), or once the stored record's lease is over; otherwise
+        the hostile write is skipped (docs/safety.md states this limit).
+        """
+        stored = self._stored_term()
+        if len(self.p.timings) > 1 and not self._stored_lease_over(t):
+            return
+        top = max(self.checker.max_term, stored, 0)
+        base = {"leaderID": "intruder", "leaderAddr": "", "lastUpdated": "2026-01-01T00:00:00Z"}
+        if variant == CORRUPT_NOT_JSON:
+            body = b"\x00 not a lock record"
+        elif variant == CORRUPT_TERM_RANGE:
+            body = orjson.dumps({**base, "term": 2**62 + 1 + top, "leaseMs": 1000})
+        else:
+            # A term above every leadership so far: the next one must be higher still.
+            term = top + self.rng.randint(1, 5)
+            lease = self.rng.choice(_CORRUPT_LEASES)
+            body = orjson.dumps({**base, "term": term, "leaseMs": lease})
+        kept = record_term(body)
+        if kept is None:
+            self.checker.terms_destroyed(max(self.checker.max_term, stored))
+        else:
+            self.checker.invalid_term(kept, stored)
+            self.count("corrupt-term-kept")
+        self.etags += 1
+        self.body = body
+        self.etag = f"e{self.etags}"
+        self.stored_at = t
+        self.corrupt = True
+        self.count("corrupt")
+        if self.print_trace:
+            print(f"{t / 1e6:11.3f} store: CORRUPT ({variant}) -> {self.etag} {body[:60]!r}")
+
+    def _stored_term(self) -> int:
+        """The in-bounds term of the stored record (-1 if none).
+
+        It may belong to a write whose answer has not arrived yet, which the
+        checker has not seen: the highest term stored so far.
+        """
+        kept = record_term(self.body) if self.body is not None else None
+        return -1 if kept is None else kept
+
+    def _stored_lease_over(self, t: int) -> bool:
+        """No lease can be live: the stored record is released, invalid, or past its lease.
+
+        A leader's deadline counts from before its write's first send, on a
+        clock no slower than true time, so it ends within leaseMs of true time
+        after the write was stored.
+        """
+        if self.body is None:
+            return True
+        try:
+            r = parse_record(self.body)
+        except RecordError:
+            return True  # only a takeover (which replaces it) can lead from it
+        return r.released or t >= self.stored_at + r.lease_ms * MS
 
     def _resume(self, t: int, n: SimNode, *, healing: bool = False) -> None:
         if not n.paused:
@@ -1075,6 +1169,9 @@ class World:
             if n.state == S_RUNNING:
                 raise Violation("lifecycle", self.now, f"n{n.index} did not stop at the end")
         r = self.result
+        if self.checker.terms_reset:
+            # rule 5's documented limit, reached: shown in a run's counts, not required.
+            r.stats["term-reused"] = r.stats.get("term-reused", 0) + self.checker.terms_reset
         r.events = events
         r.acquisitions = self.checker.acquisitions
         r.work_steps = self.checker.work_steps
