@@ -112,6 +112,10 @@ class Owner:
     def kill(self) -> None:
         """SIGKILL the owner's unshare (and so, soon, its namespace), leaving its table."""
         self.proc.kill()
+        # Reaped before stdin closes: closing it first races the kill, and an
+        # owner that reads EOF in time closes (and removes) its table itself.
+        # Once unshare is gone, its child has SIGKILL pending (--kill-child).
+        self.proc.wait(timeout=WAIT)
         self.stop()
 
     def stop(self) -> None:

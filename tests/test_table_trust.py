@@ -238,6 +238,66 @@ def test_a_table_can_be_published_readable_to_others() -> None:
             LeadershipTable(table_name("bad"), mode=bad)
 
 
+def test_a_named_group_is_trusted(planted: Planted) -> None:
+    # Mallory's table has her group (65534): naming that group trusts its members.
+    with attach(planted.name, group=MALLORY) as reader:
+        assert reader.is_leader("default")
+    assert HostLeadership(planted.name, group=MALLORY).is_leader()
+    with pytest.raises(UntrustedTableError, match=f"owned by uid {MALLORY}.* and group {MALLORY}"):
+        attach(planted.name, group=WORKER)
+
+
+def test_a_prometheus_collector_refuses_a_planted_table(
+    planted: Planted, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("prometheus_client")
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from fastelect.prometheus import LeadershipCollector
+
+    def scrape(collector: LeadershipCollector) -> str:
+        registry = CollectorRegistry()
+        registry.register(collector)
+        return generate_latest(registry).decode()
+
+    refusing = LeadershipCollector(planted.name)
+    text = scrape(refusing)
+    assert "fastelect_table_attached 0.0" in text, text
+    assert "mallory" not in text and "10.6.6.6" not in text
+    refused = refusing.refused
+    assert refused is not None and (refused.owner_uid, refused.mode) == (MALLORY, 0o644)
+    scrape(refusing)  # logged once per owner and mode, not per scrape
+    errors = [
+        r for r in caplog.records if r.name == "fastelect.prometheus" and r.levelname == "ERROR"
+    ]
+    assert (
+        len(errors) == 1
+        and f"uid {MALLORY}" in errors[0].getMessage()
+        and "0644" in errors[0].getMessage()
+    )
+
+    for trusting in (LeadershipCollector(planted.name, owner=MALLORY),
+                     LeadershipCollector(planted.name, owner="nobody"),
+                     LeadershipCollector(planted.name, group=MALLORY)):  # fmt: skip
+        text = scrape(trusting)
+        assert "fastelect_table_attached 1.0" in text, text
+        assert 'fastelect_is_leader{election="default"} 1.0' in text, text
+        assert trusting.refused is None
+        trusting.close()
+
+
+def test_collector_owner_and_group_are_checked() -> None:
+    pytest.importorskip("prometheus_client")
+    from fastelect.errors import ConfigError
+    from fastelect.prometheus import LeadershipCollector
+
+    for kwargs in ({"owner": -1}, {"owner": "no-such-user-here"}, {"owner": 1.5},
+                   {"owner": True}, {"group": -1}, {"group": "no-such-group-here"},
+                   {"group": True}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            LeadershipCollector("x", **kwargs)  # type: ignore[arg-type]
+
+
 def test_attach_owner_argument_is_checked() -> None:
     with pytest.raises(TypeError):
         attach("x", owner=1.5)  # type: ignore[arg-type]
@@ -245,6 +305,12 @@ def test_attach_owner_argument_is_checked() -> None:
         attach("x", owner="no-such-user-here")
     with pytest.raises(ValueError, match="negative"):
         attach("x", owner=-1)
+    with pytest.raises(TypeError):
+        attach("x", group=True)
+    with pytest.raises(ValueError, match="no such group"):
+        attach("x", group="no-such-group-here")
+    with pytest.raises(ValueError, match="negative"):
+        attach("x", group=-1)
 
 
 # -- the health server ----------------------------------------------------------------
@@ -327,6 +393,16 @@ async def _eventually(
     raise AssertionError(f"{path} never answered {want}; last {last}")
 
 
+@pytest.mark.asyncio
+async def test_a_health_server_serves_a_named_groups_table(
+    planted: Planted, cert: TLSCertificate, ca: CertificateAuthority
+) -> None:
+    config = HealthServerConfig("127.0.0.1:0", cert, table_group=MALLORY)
+    async with HealthServer(config, planted.name, {"/health/leadership": "default"}) as server:
+        status, body = get(server.port, "/health/leadership", ca)
+        assert status == 200 and json.loads(body)["leaderID"] == "mallory"
+
+
 def test_health_config_table_owner_is_checked(cert: TLSCertificate) -> None:
     from fastelect.errors import ConfigError
 
@@ -334,3 +410,7 @@ def test_health_config_table_owner_is_checked(cert: TLSCertificate) -> None:
     for bad in (-1, "no-such-user-here", 1.5, True):
         with pytest.raises(ConfigError, match="table_owner"):
             HealthServerConfig(":0", cert, table_owner=bad)  # type: ignore[arg-type]
+    assert HealthServerConfig(":0", cert, table_group="root").table_group_gid() == 0
+    for bad in (-1, "no-such-group-here", 1.5, True):
+        with pytest.raises(ConfigError, match="table_group"):
+            HealthServerConfig(":0", cert, table_group=bad)  # type: ignore[arg-type]

@@ -119,12 +119,17 @@ def shm_path(name: str) -> str:
     """Where a named table lives on Linux (for tests and operators)."""
 
 def attach(
-    name: str, owner: int | str | None = None, *, allow_writable: bool = False
+    name: str,
+    owner: int | str | None = None,
+    *,
+    group: int | str | None = None,
+    allow_writable: bool = False,
 ) -> TableReader:
     """Map the named leadership table read-only; raises if it does not exist.
 
-    Trusted only if owned by this user or ``owner`` and not writable by group
-    or others (unless ``allow_writable``); else :class:`UntrustedTableError`.
+    Trusted only if owned by this user or ``owner`` (or its group is
+    ``group``) and not writable by group or others (unless
+    ``allow_writable``); else :class:`UntrustedTableError`.
     """
 
 # cdef classes have a C layout of their own: nothing can inherit from two of them.

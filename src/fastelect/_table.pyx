@@ -134,7 +134,7 @@ cdef _Mapping _open_existing(str shm, object trust):
         if fstat(fd, &st) != 0:
             raise OSError(errno, os.strerror(errno))
         if trust is not None:
-            (<_Trust>trust).check(shm, st.st_uid, st.st_mode)
+            (<_Trust>trust).check(shm, st.st_uid, st.st_gid, st.st_mode)
         if <size_t>st.st_size < sizeof(fe_header):
             m = _Mapping.__new__(_Mapping)  # empty: not (yet) a table
             close(fd)
@@ -183,14 +183,17 @@ cdef class _Trust:
 
     cdef long me
     cdef long other
+    cdef long group
     cdef bint writable_ok
     cdef bint writer
     cdef str name
 
-    cdef int check(self, str shm, long uid, unsigned long mode) except -1:
+    cdef int check(self, str shm, long uid, long gid, unsigned long mode) except -1:
         cdef str why
-        if uid != self.me and uid != self.other:
+        if uid != self.me and uid != self.other and (self.group < 0 or gid != self.group):
             why = "owned by " + _uid_name(uid)
+            if self.group >= 0:
+                why += f" and group {gid}"
         elif (mode & 0o022) and not self.writable_ok:
             why = "writable by " + (
                 "group and others" if (mode & 0o022) == 0o022
@@ -210,21 +213,44 @@ cdef class _Trust:
             trusted = _uid_name(self.me)
             if self.other >= 0 and self.other != self.me:
                 trusted += " or " + _uid_name(self.other)
+            if self.group >= 0:
+                trusted += f" or group {self.group}"
             message = (
                 f"{where} is not trusted: it is {why}, mode {mode & 0o7777:04o}, and this "
                 f"process trusts only tables owned by {trusted} that others cannot write. "
                 "Another local user may have created it to answer for this host. If that "
-                "owner is the host's elector, name it (owner=...); else remove the segment "
+                "owner is the host's elector, name it (owner=... or group=...); else remove "
+                "the segment "
                 "as its owner or root"
             )
         raise UntrustedTableError(self.name, shm_path(self.name), uid, mode & 0o7777, message)
 
 
-cdef _Trust _make_trust(str name, object owner, bint writable_ok, bint writer=False):
+cdef long _group_id(object group) except? -2:
+    """``group`` (a gid or a group name) as a gid; -1 for None."""
+    if group is None:
+        return -1
+    if isinstance(group, bool) or not isinstance(group, (int, str)) or group == "":
+        raise TypeError(f"group must be a gid (int) or a group name (str), not {group!r}")
+    if isinstance(group, int):
+        if group < 0:
+            raise ValueError(f"group gid must not be negative, not {group}")
+        return group
+    import grp
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"group {group!r}: no such group") from None
+
+
+cdef _Trust _make_trust(
+    str name, object owner, bint writable_ok, bint writer=False, object group=None
+):
     cdef _Trust t = _Trust.__new__(_Trust)
     t.me = os.geteuid()
     t.writer = writer
     t.other = -1
+    t.group = _group_id(group)
     t.writable_ok = writable_ok
     t.name = name
     if owner is None:
@@ -780,17 +806,19 @@ cdef class TableReader:
         self.close()
 
 
-def attach(str name, owner=None, *, bint allow_writable=False):
+def attach(str name, owner=None, *, group=None, bint allow_writable=False):
     """Map the named leadership table read-only; raises if it does not exist.
 
     The table is trusted only if this process's user owns it, or ``owner``
-    (a uid or a user name: the host's elector runs as another user) does, and
-    only if neither group nor others may write it (unless ``allow_writable``).
+    (a uid or a user name: the host's elector runs as another user) does, or
+    its group is ``group`` (a gid or a group name: every member of that group
+    is then trusted), and only if neither group nor others may write it
+    (unless ``allow_writable``).
     Otherwise :class:`UntrustedTableError` names its owner and mode: another
     local user can create a segment of any free name in ``/dev/shm``.
     """
     shm = _shm_name(name)
-    cdef _Mapping m = _open_existing(shm, _make_trust(name, owner, allow_writable))
+    cdef _Mapping m = _open_existing(shm, _make_trust(name, owner, allow_writable, False, group))
     if m is None:
         raise FastelectError(f"no leadership table named {name!r} (is the elector running?)")
     _validate_header(m)

@@ -39,7 +39,8 @@ class HostLeadership:
 
     The table is trusted as :func:`fastelect.attach` trusts it: owned by this
     process's user or by ``owner`` (a uid or user name: the elector runs as
-    another user), and writable by no one else.  A table that fails the test
+    another user) or of group ``group`` (a gid or group name), and writable
+    by no one else.  A table that fails the test
     is refused: ``is_leader()`` answers False, :attr:`refused` holds the
     :class:`~fastelect.UntrustedTableError` (its owner and mode), and it is
     logged at ERROR once per owner and mode.  Liveness is the elector's lock
@@ -49,6 +50,7 @@ class HostLeadership:
     __slots__ = (
         "_checked",
         "_election",
+        "_group",
         "_missing_reported",
         "_name",
         "_owner",
@@ -57,7 +59,12 @@ class HostLeadership:
     )
 
     def __init__(
-        self, table_name: str, election: str = "default", *, owner: int | str | None = None
+        self,
+        table_name: str,
+        election: str = "default",
+        *,
+        owner: int | str | None = None,
+        group: int | str | None = None,
     ) -> None:
         if not isinstance(table_name, str) or not table_name:
             raise TypeError("table_name must be a non-empty str")
@@ -65,9 +72,12 @@ class HostLeadership:
             raise TypeError("election must be a non-empty str")
         if owner is not None and (isinstance(owner, bool) or not isinstance(owner, int | str)):
             raise TypeError(f"owner must be a uid (int), a user name (str) or None, not {owner!r}")
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int | str)):
+            raise TypeError(f"group must be a gid (int), a group name (str) or None, not {group!r}")
         self._name = table_name
         self._election = election
         self._owner = owner
+        self._group = group
         self._reader: TableReader | None = None
         self._checked = float("-inf")
         self._missing_reported = False
@@ -116,7 +126,7 @@ class HostLeadership:
 
     def _attach(self) -> TableReader | None:
         try:
-            reader = attach(self._name, self._owner)
+            reader = attach(self._name, self._owner, group=self._group)
         except UntrustedTableError as exc:
             if self._refused is None or (self._refused.owner_uid, self._refused.mode) != (
                 exc.owner_uid,

@@ -30,8 +30,8 @@ Unknown paths get 404.
 Configuration comes from the environment so granian can build the app with
 its factory option in every worker: :data:`ENV_TABLE` names the table,
 :data:`ENV_ROUTES` holds the routes as a JSON object and
-:data:`ENV_TABLE_OWNER` (optional) the uid whose tables are trusted besides
-the worker's own.  The same works from
+:data:`ENV_TABLE_OWNER` / :data:`ENV_TABLE_GROUP` (optional) the uid / gid
+whose tables are trusted besides the worker's own.  The same works from
 granian's command line::
 
     FASTELECT_HEALTH_TABLE=myapp FASTELECT_HEALTH_ROUTES='{"/health/leadership": "default"}' \\
@@ -65,6 +65,7 @@ __all__ = [
     "ENV_MAIN_PID",
     "ENV_ROUTES",
     "ENV_TABLE",
+    "ENV_TABLE_GROUP",
     "ENV_TABLE_OWNER",
     "RESERVED_PATHS",
     "HealthApp",
@@ -80,6 +81,8 @@ _log = logging.getLogger(__name__)
 ENV_TABLE = "FASTELECT_HEALTH_TABLE"
 #: Environment variable holding the uid whose tables are trusted besides our own.
 ENV_TABLE_OWNER = "FASTELECT_HEALTH_TABLE_OWNER"
+#: Environment variable holding the gid whose tables are trusted (a group's members).
+ENV_TABLE_GROUP = "FASTELECT_HEALTH_TABLE_GROUP"
 #: Environment variable holding the routes, a JSON object ``{path: election}``.
 ENV_ROUTES = "FASTELECT_HEALTH_ROUTES"
 #: Paths the app answers itself; routes may not use them.
@@ -204,17 +207,23 @@ class HealthApp:
     by name (or answers as if nothing were started while it is missing).
 
     A table is trusted as :func:`fastelect.attach` trusts it: owned by this
-    worker's user or by ``owner``, writable by no one else.  One that fails
+    worker's user or by ``owner`` (or of group ``group``), writable by no
+    one else.  One that fails
     is never read: its routes and ``/healthz`` answer 503 naming its owner
     and mode, and it is logged at ERROR once per owner and mode.
     """
 
     def __init__(
-        self, table_name: str, routes: Mapping[str, str], owner: int | None = None
+        self,
+        table_name: str,
+        routes: Mapping[str, str],
+        owner: int | None = None,
+        group: int | None = None,
     ) -> None:
         self.table_name = validate_table_name(table_name)
         self.routes = validate_routes(routes)
         self.owner = owner
+        self.group = group
         #: Why the table under the name was last refused, or None.
         self.refused: UntrustedTableError | None = None
         self._reader: TableReader | None = None
@@ -238,7 +247,7 @@ class HealthApp:
         # Closed by its owner, or the owner died: map whatever has the name now.
         self._forget()
         try:
-            fresh: TableReader = attach(self.table_name, self.owner)
+            fresh: TableReader = attach(self.table_name, self.owner, group=self.group)
         except UntrustedTableError as exc:
             last = self.refused
             if last is None or (last.owner_uid, last.mode) != (exc.owner_uid, exc.mode):
@@ -424,7 +433,13 @@ def create_app() -> HealthApp:
         routes = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ConfigError(ENV_ROUTES, f"must be a JSON object of path to election: {exc}") from exc
-    owner_text = os.environ.get(ENV_TABLE_OWNER, "")
-    if owner_text and not owner_text.isdigit():
-        raise ConfigError(ENV_TABLE_OWNER, f"must be a uid, not {owner_text!r}")
-    return HealthApp(table, routes, int(owner_text) if owner_text else None)
+    return HealthApp(
+        table, routes, _env_id(ENV_TABLE_OWNER, "uid"), _env_id(ENV_TABLE_GROUP, "gid")
+    )
+
+
+def _env_id(variable: str, what: str) -> int | None:
+    text = os.environ.get(variable, "")
+    if text and not text.isdigit():
+        raise ConfigError(variable, f"must be a {what}, not {text!r}")
+    return int(text) if text else None

@@ -69,7 +69,14 @@ from ..errors import (
 )
 from ..tls import TLSCertificate, server_ssl_context
 from ._process import ENV_SETTINGS
-from .app import ENV_ROUTES, ENV_TABLE, ENV_TABLE_OWNER, validate_routes, validate_table_name
+from .app import (
+    ENV_ROUTES,
+    ENV_TABLE,
+    ENV_TABLE_GROUP,
+    ENV_TABLE_OWNER,
+    validate_routes,
+    validate_table_name,
+)
 
 __all__ = ["HealthServer", "HealthServerConfig"]
 
@@ -137,10 +144,14 @@ class HealthServerConfig:
     #: user's tables only. A table owned by anyone else, or writable by group
     #: or others, is refused (docs/health.md, "Whose table is trusted").
     table_owner: int | str | None = None
+    #: A group (gid or group name) whose tables are trusted too: every member
+    #: of it may then publish the table. Default None.
+    table_group: int | str | None = None
 
     def __post_init__(self) -> None:
         _parse_bind_addr(self.bind_addr)
         self.table_owner_uid()
+        self.table_group_gid()
         if not isinstance(self.tls_cert, TLSCertificate):
             raise ConfigError(
                 "tls_cert",
@@ -186,6 +197,24 @@ class HealthServerConfig:
             return pwd.getpwnam(owner).pw_uid
         except KeyError:
             raise ConfigError("table_owner", f"no such user {owner!r}") from None
+
+    def table_group_gid(self) -> int | None:
+        """:attr:`table_group` as a gid (a group name looked up); None when not set."""
+        group = self.table_group
+        if group is None:
+            return None
+        if isinstance(group, bool) or not isinstance(group, int | str) or group == "":
+            raise ConfigError("table_group", f"must be a gid, a group name or None, not {group!r}")
+        if isinstance(group, int):
+            if group < 0:
+                raise ConfigError("table_group", f"must not be negative, not {group}")
+            return group
+        import grp
+
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError("table_group", f"no such group {group!r}") from None
 
     @property
     def host(self) -> str:
@@ -505,7 +534,11 @@ class HealthServer:
         table is fine: the elector may start after the server.
         """
         try:
-            attach(self.table_name, self.config.table_owner_uid()).close()
+            attach(
+                self.table_name,
+                self.config.table_owner_uid(),
+                group=self.config.table_group_gid(),
+            ).close()
         except UntrustedTableError:
             raise
         except (FastelectError, OSError):
@@ -567,6 +600,11 @@ class HealthServer:
             env.pop(ENV_TABLE_OWNER, None)
         else:
             env[ENV_TABLE_OWNER] = str(owner)
+        group = self.config.table_group_gid()
+        if group is None:
+            env.pop(ENV_TABLE_GROUP, None)
+        else:
+            env[ENV_TABLE_GROUP] = str(group)
         env[ENV_ROUTES] = orjson.dumps(self.routes).decode()
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p
