@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from fastelect.record import encode_record
+from health_helpers import lead
 from helpers import S3_REGION, MotoAuth, free_port, wait_for
 
 OPENSSL = "/usr/bin/openssl"
@@ -111,6 +112,7 @@ class Procs:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.names: list[str] = []
 
     def start(self, *args: str, name: str, **kwargs: Any) -> subprocess.Popen[bytes]:
         log = open(self.tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - closed by Popen owner
@@ -119,10 +121,20 @@ class Procs:
         finally:
             log.close()  # the child has its own copy
         self.procs.append(proc)
+        self.names.append(name)
         return proc
 
     def log(self, name: str) -> str:
         return (self.tmp_path / f"{name}.log").read_text(errors="replace")
+
+    def table(self, name: str) -> str:
+        """The leadership table the sidecar started as ``name`` publishes (from its log)."""
+        found = wait_for(
+            lambda: re.search(r"publishing the leadership in table (\S+)", self.log(name)),
+            30,
+            f"sidecar {name} never said which table it publishes",
+        )
+        return found.group(1)
 
     def cleanup(self) -> None:
         for proc in self.procs:
@@ -131,7 +143,10 @@ class Procs:
                     os.kill(proc.pid, signal.SIGCONT)  # a test may have frozen it
                 proc.kill()
             proc.wait(timeout=30)
-            remove_stale_table(f"run-{proc.pid}")
+        for name in self.names:
+            found = re.search(r"publishing the leadership in table (\S+)", self.log(name))
+            if found:
+                remove_stale_table(found.group(1))
 
 
 def remove_stale_table(name: str) -> None:
@@ -684,6 +699,7 @@ def test_a_child_never_starts_when_the_watchdog_sees_no_lease(tmp_path: Path) ->
             parent=os.getpid(),
             package_path=list(fastelect.__path__),
             table=name,
+            table_token=table.token,
             election="default",
             term=1,
             term_lead_ns=350_000_000,
@@ -702,6 +718,51 @@ def test_a_child_never_starts_when_the_watchdog_sees_no_lease(tmp_path: Path) ->
                 said += chunk
             assert said.split(b"\n")[1:] == [b"refused", b""], said
             assert said.startswith(b"ready subreaper")
+            assert not marker.exists()
+        finally:
+            if watchdog.poll() is None:
+                watchdog.kill()
+            watchdog.wait(timeout=10)
+
+
+@linux_only
+def test_a_watchdog_refuses_a_table_that_is_not_the_sidecars(tmp_path: Path) -> None:
+    # The watchdog knows the sidecar's table by its token (its incarnation),
+    # never by the pid in it: that pid is the writer's in the writer's PID
+    # namespace.  A table of that name with another token is not the one
+    # whose lease the child may run under: no child starts.
+    import socket
+
+    import fastelect
+    from fastelect import LeadershipTable
+    from fastelect.cli._watchdog import watchdog_argv
+
+    marker = tmp_path / "ran"
+    name = f"wd-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    ours, theirs = socket.socketpair()
+    with LeadershipTable(name, slots=1) as table, ours:
+        lead(table.slot("default", "a"), "a")
+        argv = watchdog_argv(
+            parent=os.getpid(),
+            package_path=list(fastelect.__path__),
+            table=name,
+            table_token=table.token ^ 2,
+            election="default",
+            term=1,
+            term_lead_ns=350_000_000,
+            kill_lead_ns=50_000_000,
+            control_fd=theirs.fileno(),
+            containment="subreaper",
+            command=["touch", str(marker)],
+        )
+        watchdog = subprocess.Popen(
+            argv, pass_fds=(theirs.fileno(),), start_new_session=True, stderr=subprocess.PIPE
+        )
+        theirs.close()
+        try:
+            _, err = watchdog.communicate(timeout=30)
+            assert watchdog.returncode == 1
+            assert b"is not the sidecar's live table" in err, err
             assert not marker.exists()
         finally:
             if watchdog.poll() is None:
@@ -739,12 +800,13 @@ def test_watchdog_stops_the_child_of_a_frozen_sidecar_by_the_deadline(
     b = procs.start(*sidecar_args(store, "b", out, child_script, *timing), name="b")
     wait_for(lambda: "campaigning" in procs.log("b"), 30, "b never started campaigning")
     [(watchdog, cmdline)] = wait_for(lambda: watchdogs_of(a.pid), 10, "no watchdog")
-    assert f"--table run-{a.pid} " in cmdline and f"--term {first.term} " in cmdline
+    table = procs.table("a")
+    assert f"--table {table} " in cmdline and f"--term {first.term} " in cmdline
     try:
         freeze_outside_the_store_lock(a.pid, tmp_path / "store" / ".leader.json.lock")
         t_stopped = time.monotonic()
         # Frozen, it can renew no more: its last write was sent before now.
-        deadline = lease_deadline(f"run-{a.pid}", t_stopped + lease - margin)
+        deadline = lease_deadline(table, t_stopped + lease - margin)
         assert deadline > t_stopped, "the lease ran out before the freeze took hold"
 
         wait_for(lambda: pid_gone(first.pid), lease + 2, "the child outlived the lease")
@@ -804,7 +866,7 @@ def test_watchdog_leaves_a_renewing_leaders_child_alone(
     )
     first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
     [(watchdog, _)] = wait_for(lambda: watchdogs_of(sidecar.pid), 10, "no watchdog")
-    table = Path(f"/dev/shm/fastelect.run-{sidecar.pid}")
+    table = Path(f"/dev/shm/fastelect.{procs.table('a')}")
     assert table.exists() and table.stat().st_mode & 0o777 == 0o600
 
     time.sleep(5 * lease)  # many renewals, each moving the watchdog's deadline on

@@ -197,7 +197,7 @@ def test_a_frozen_leaders_whole_tree_stops_before_the_next_leader_starts(
     try:
         freeze_outside_the_store_lock(a.pid, tmp_path / "store" / ".leader.json.lock")
         t_frozen = boottime()
-        deadline = lease_deadline(f"run-{a.pid}", t_frozen + 1.0 - 0.1)
+        deadline = lease_deadline(procs.table("a"), t_frozen + 1.0 - 0.1)
         old = {line.pid for line in read_lines(out) if line.leader == "a"}
         assert len(old) == 4
         assert_all_gone(old, 3)

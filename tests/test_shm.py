@@ -196,7 +196,7 @@ def test_live_owner_is_refused_then_closes_cleanly(name: str) -> None:
     child = Child(OWNER, name, "stay")
     try:
         pid = int(child.line())
-        with pytest.raises(FastelectError, match=f"in use by live process {pid}"):
+        with pytest.raises(FastelectError, match=f"in use by a live owner \\(pid {pid} "):
             LeadershipTable(name)
         assert attach(name).owner_pid == pid  # still the owner's, untouched
         child.close_stdin()

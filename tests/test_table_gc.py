@@ -7,6 +7,8 @@ directory so no other process on the host is ever touched.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -33,8 +35,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 WAIT = 20.0
-_HEADER = struct.Struct("=QIIIIqqqI")
+_HEADER = struct.Struct("=QIIIIqqqIIQ")
 _MAGIC = 0x31305443454C4546
+_LOCK_LIVENESS = 1
+_FLOCK = struct.Struct("hhqqi4x")
 
 _OWNER = """
 import sys
@@ -97,11 +101,23 @@ def _segment(
     version: int = 1,
     magic: int = _MAGIC,
     size: int = 128 + 1024,
+    flags: int = 0,
 ) -> Path:
     path = directory / f"fastelect.{name}"
-    header = _HEADER.pack(magic, version, 128, 1, 1024, owner, time.time_ns(), 1, closed)
+    header = _HEADER.pack(magic, version, 128, 1, 1024, owner, time.time_ns(), 1, closed, flags, 7)
     path.write_bytes(header.ljust(size, b"\0"))
     return path
+
+
+@contextlib.contextmanager
+def _held_lock(path: Path) -> Iterator[None]:
+    """Hold the owner's liveness lock on ``path``, as a live owner would."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0))
+        yield
+    finally:
+        os.close(fd)
 
 
 def _by_name(infos: list[table_gc.TableInfo]) -> dict[str, table_gc.TableInfo]:
@@ -223,10 +239,19 @@ def test_table_recreated_by_a_live_process_during_the_sweep_is_put_back(tmp_path
 
 def test_leftovers_of_a_sweep_that_died_mid_way_are_removed(tmp_path: Path) -> None:
     dead = _dead_pid()
-    (tmp_path / f"fastelect-gc.{dead}.abc").write_bytes(b"x")
-    (tmp_path / f"fastelect-gc.{os.getpid()}.def").write_bytes(b"x")  # a sweep in progress
-    table_gc.remove_stale_tables(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"fastelect-gc.{os.getpid()}.def"]
+    stamp = time.time() - table_gc.JUNK_AGE_S - 5
+    # What a dead sweep left: a dead owner's table, and old junk.
+    _segment(tmp_path, "x", owner=dead).rename(tmp_path / f"fastelect-gc.{dead}.abc")
+    junk = tmp_path / f"fastelect-gc.{dead}.junk"
+    junk.write_bytes(b"x")
+    os.utime(junk, (stamp, stamp))
+    # A sweep in progress, in another PID namespace (its pid means nothing
+    # here; say it is dead): it moved a live table aside and puts it back.
+    live = _segment(tmp_path, "y", owner=dead, flags=_LOCK_LIVENESS)
+    live = live.rename(tmp_path / f"fastelect-gc.{dead}.def")
+    with _held_lock(live):
+        table_gc.remove_stale_tables(str(tmp_path))
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f"fastelect-gc.{dead}.def"]
 
 
 def test_missing_directory_lists_nothing(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         StorageError,
         StorageUnavailable,
         TLSError,
+        UntrustedTableError,
     )
     from .health import HealthServer, HealthServerConfig
     from .host import HostLeadership
@@ -87,6 +88,7 @@ _LAZY: dict[str, str] = {
     "StorageError": ".errors",
     "StorageUnavailable": ".errors",
     "TLSError": ".errors",
+    "UntrustedTableError": ".errors",
     "HealthServer": ".health",
     "HealthServerConfig": ".health",
     "LockRecord": ".record",
@@ -133,6 +135,7 @@ __all__ = [
     "StorageUnavailable",
     "TLSError",
     "TableReader",
+    "UntrustedTableError",
     "attach",
 ]
 

@@ -124,8 +124,19 @@ def new_nonce() -> str:
 def shm_path(name: str) -> str:
     """Where a named table lives on Linux (for tests and operators)."""
 
-def attach(name: str) -> TableReader:
-    """Map the named leadership table read-only; raises if it does not exist."""
+def attach(
+    name: str,
+    owner: int | str | None = None,
+    *,
+    group: int | str | None = None,
+    allow_writable: bool = False,
+) -> TableReader:
+    """Map the named leadership table read-only; raises if it does not exist.
+
+    Trusted only if owned by this user or ``owner`` (or its group is
+    ``group``) and not writable by group or others (unless
+    ``allow_writable``); else :class:`UntrustedTableError`.
+    """
 
 # cdef classes have a C layout of their own: nothing can inherit from two of them.
 @disjoint_base
@@ -134,9 +145,11 @@ class LeadershipTable:
 
     @property
     def name(self) -> str | None: ...
-    def __init__(self, name: str | None = None, slots: int = 8) -> None: ...
+    def __init__(self, name: str | None = None, slots: int = 8, *, mode: int = 0o600) -> None: ...
     @property
     def slot_count(self) -> int: ...
+    @property
+    def token(self) -> int: ...
     @property
     def path(self) -> str | None: ...
     @property
@@ -206,7 +219,15 @@ class TableReader:
     @property
     def owner_pid(self) -> int: ...
     @property
+    def owner_uid(self) -> int: ...
+    @property
+    def mode(self) -> int: ...
+    @property
+    def token(self) -> int: ...
+    @property
     def closed(self) -> bool: ...
+    @property
+    def owner_alive(self) -> bool: ...
     @property
     def stale(self) -> bool: ...
     def close(self) -> None: ...

@@ -26,7 +26,7 @@ from posix.mman cimport (
     MAP_ANONYMOUS, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE, mmap, munmap,
     shm_open, shm_unlink,
 )
-from posix.stat cimport fstat, struct_stat
+from posix.stat cimport fchmod, fstat, struct_stat
 from posix.unistd cimport close, ftruncate
 
 import os
@@ -34,7 +34,7 @@ import re
 import secrets
 import time
 
-from .errors import FastelectError, LifecycleError
+from .errors import FastelectError, LifecycleError, UntrustedTableError
 
 cdef extern from "errno.h":
     int errno

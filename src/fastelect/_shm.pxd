@@ -14,6 +14,8 @@ cdef extern from *:
     #include <pthread.h>
     #include <unistd.h>
     #include <sys/mman.h>
+    #include <fcntl.h>
+    #include <errno.h>
 
     #define FE_MAGIC 0x31305443454c4546ULL  /* "FELECT01" little-endian */
     /* 2: every instant is on the lease clock (CLOCK_BOOTTIME on Linux), and
@@ -51,9 +53,49 @@ cdef extern from *:
         int64_t created_wall_ns;
         int64_t created_mono_ns;      /* lease clock */
         uint32_t closed;
-        uint32_t reserved0;
-        uint8_t reserved[72];
+        uint32_t flags;               /* FE_HDR_* */
+        uint64_t token;               /* random, names this table's incarnation */
+        uint8_t reserved[64];
     } fe_header;
+
+    /* The owner holds an OFD write lock on the whole segment for as long as
+       it lives: liveness is "the lock is held", which every process sharing
+       /dev/shm sees, in any PID namespace.  Without the flag (a writer of
+       0.1) only owner_pid is known. */
+    #define FE_HDR_LOCK_LIVENESS 1u
+
+    /* Take the liveness lock on ``fd`` (open for writing): 0, or -1 with errno
+       (ENOTSUP where the platform has no OFD locks). */
+    static int fe_lock_take(int fd) {
+    #ifdef F_OFD_SETLK
+        struct flock fl;
+        memset(&fl, 0, sizeof fl);
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        return fcntl(fd, F_OFD_SETLK, &fl);
+    #else
+        (void)fd;
+        errno = ENOTSUP;
+        return -1;
+    #endif
+    }
+    /* Is the liveness lock held through another open file description?
+       1 held, 0 free, -1 unknown (errno).  Takes nothing: any descriptor,
+       read-only too, may ask. */
+    static int fe_lock_held(int fd) {
+    #ifdef F_OFD_GETLK
+        struct flock fl;
+        memset(&fl, 0, sizeof fl);
+        fl.l_type = F_WRLCK;
+        fl.l_whence = SEEK_SET;
+        if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return -1;
+        return fl.l_type != F_UNLCK;
+    #else
+        (void)fd;
+        errno = ENOTSUP;
+        return -1;
+    #endif
+    }
 
     /* One election: 1024 bytes, slot i at header_size + i * slot_size.
        Every *_mono_ns / *_ns instant is on the lease clock. */
@@ -141,6 +183,9 @@ cdef extern from *:
         int owned;            /* this process created and writes it */
         int unlink_on_close;  /* this process may remove the named segment */
         int inherited;        /* set in a forked child: now a private zero copy */
+        int mine;             /* attached by name, but a table this process writes */
+        int fd;               /* the segment's descriptor (the owner's holds the
+                                 liveness lock), or -1 */
         struct fe_region *prev;
         struct fe_region *next;
     } fe_region;
@@ -166,15 +211,34 @@ cdef extern from *:
     }
     static void fe_atfork_prepare(void) { pthread_mutex_lock(&fe_regions_lock); }
     static void fe_atfork_parent(void) { pthread_mutex_unlock(&fe_regions_lock); }
-    static void fe_atfork_child(void) {
-        int64_t parent = (int64_t)getppid();
+    /* Does this process write a table whose token is ``token``? */
+    static int fe_region_writes_token(uint64_t token) {
+        int found = 0;
+        if (token == 0) return 0;
+        pthread_mutex_lock(&fe_regions_lock);
         for (fe_region *r = fe_regions; r != NULL; r = r->next) {
-            int ours = r->owned;
-            if (r->base == NULL) continue;
-            if (!ours && r->size >= sizeof(fe_header)) {
-                ours = ((const fe_header *)r->base)->owner_pid == parent;
+            if (r->owned && !r->inherited && r->base != NULL && r->size >= sizeof(fe_header)
+                    && ((const fe_header *)r->base)->token == token) {
+                found = 1;
+                break;
             }
-            if (!ours) continue;
+        }
+        pthread_mutex_unlock(&fe_regions_lock);
+        return found;
+    }
+    static void fe_atfork_child(void) {
+        for (fe_region *r = fe_regions; r != NULL; r = r->next) {
+            /* Which tables are ours is known by identity (marked when they were
+               created or attached), never by comparing pids: a pid names
+               another process in another PID namespace. */
+            int ours = r->owned || r->mine;
+            if (r->base == NULL || !ours) continue;
+            /* The child must not keep the owner's liveness lock alive: the
+               lock lives while any descriptor of its open file does. */
+            if (r->owned && r->fd >= 0) {
+                close(r->fd);
+                r->fd = -1;
+            }
             /* If this fails (ENOMEM), take the pages away rather than share them. */
             if (mmap(r->base, r->size, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED) {
@@ -220,6 +284,8 @@ cdef extern from *:
         int64_t created_wall_ns
         int64_t created_mono_ns
         uint32_t closed
+        uint32_t flags
+        uint64_t token
 
     ctypedef struct fe_slot:
         uint64_t seq
@@ -247,6 +313,8 @@ cdef extern from *:
         int owned
         int unlink_on_close
         int inherited
+        int mine
+        int fd
 
     int64_t fe_clock_ns() nogil
     int64_t fe_load_i64(const int64_t *p) nogil
@@ -259,3 +327,7 @@ cdef extern from *:
     void fe_region_add(fe_region *r) nogil
     void fe_region_remove(fe_region *r) nogil
     int fe_install_fork_guard() nogil
+    unsigned int FE_HDR_LOCK_LIVENESS
+    int fe_lock_take(int fd) nogil
+    int fe_lock_held(int fd) nogil
+    int fe_region_writes_token(uint64_t token) nogil

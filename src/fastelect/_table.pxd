@@ -1,12 +1,16 @@
 # Declarations of the leadership table (_table.pyx): the shared-memory block
-# one process writes and any process of the same user may read.
+# one process writes and any process that trusts its owner may read.
 
 cdef class _Mapping:
     cdef fe_region r
     cdef object name
+    # The segment's owner and permission bits, from fstat when it was opened.
+    cdef long uid
+    cdef unsigned long mode
     cdef fe_header *header(self)
     cdef fe_slot *slot_at(self, Py_ssize_t index)
     cdef void release(self)
+    cdef void close_fd(self)
 
 
 cdef class LeadershipTable:

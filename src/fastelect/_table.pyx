@@ -1,10 +1,15 @@
 # The leadership table: one 1024-byte slot per election in a block of shared
 # memory (layout version 2, docs/table-layout.md).  Included by _core.pyx.
 #
-# One process writes a table; any process of the same user may map it
-# read-only by name.  Each slot is guarded by a seqlock, and the one word
-# is_leader() needs -- the lease deadline, 0 unless leader -- is read with a
-# single atomic load, so the hot path takes no lock and allocates nothing.
+# One process writes a table; a process that trusts its owner (the same
+# user, or one it names) may map it read-only by name.  Each slot is guarded
+# by a seqlock, and the one word is_leader() needs -- the lease deadline, 0
+# unless leader -- is read with a single atomic load, so the hot path takes
+# no lock and allocates nothing.
+#
+# Liveness: the owner holds an OFD lock on the segment for as long as it
+# lives (FE_HDR_LOCK_LIVENESS).  Every process that shares /dev/shm sees that
+# lock, whatever its PID namespace; a pid is only shown, never trusted.
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,24}$")
 _SHM_PREFIX = "/fastelect."
@@ -38,6 +43,9 @@ cdef class _Mapping:
 
     def __cinit__(self):
         memset(&self.r, 0, sizeof(fe_region))
+        self.r.fd = -1
+        self.uid = -1
+        self.mode = 0
 
     def __dealloc__(self):
         self.release()
@@ -53,13 +61,20 @@ cdef class _Mapping:
             fe_region_remove(&self.r)
             munmap(self.r.base, self.r.size)
             self.r.base = NULL
+        self.close_fd()
+
+    cdef void close_fd(self):
+        if self.r.fd >= 0:
+            close(self.r.fd)
+            self.r.fd = -1
 
 
-cdef _Mapping _adopt(void *p, size_t size, bint owned):
+cdef _Mapping _adopt(void *p, size_t size, bint owned, int fd=-1):
     cdef _Mapping m = _Mapping.__new__(_Mapping)
     m.r.base = <unsigned char *>p
     m.r.size = size
     m.r.owned = owned
+    m.r.fd = fd
     fe_region_add(&m.r)
     return m
 
@@ -77,12 +92,13 @@ def shm_path(str name):
     return "/dev/shm/" + _shm_name(name)[1:]
 
 
-cdef _Mapping _map_fd(int fd, size_t size, bint writable):
+cdef _Mapping _map_fd(int fd, size_t size, bint writable, bint keep_fd):
+    """Map ``fd``; with ``keep_fd`` the mapping owns (and later closes) it."""
     cdef int prot = PROT_READ | (PROT_WRITE if writable else 0)
     cdef void *p = mmap(NULL, size, prot, MAP_SHARED, fd, 0)
     if p == MAP_FAILED:
         raise OSError(errno, os.strerror(errno))
-    return _adopt(p, size, writable)
+    return _adopt(p, size, writable, fd if keep_fd else -1)
 
 
 def _pid_alive(int64_t pid):
@@ -97,23 +113,163 @@ def _pid_alive(int64_t pid):
     return True
 
 
-cdef _Mapping _open_existing(str shm, bint writable):
-    """Map an existing named segment; None if it vanished meanwhile."""
+cdef _Mapping _open_existing(str shm, object trust):
+    """Map an existing named segment read-only; None if it vanished meanwhile.
+
+    The descriptor stays open with the mapping (its liveness lock is asked
+    through it).  ``trust`` (a :class:`_Trust`) is checked on the opened
+    segment itself, before anything of it is read; None skips the check.
+    """
     cdef bytes path = shm.encode()
-    cdef int fd = shm_open(path, O_RDWR if writable else O_RDONLY, 0)
+    # glibc's shm_open adds O_NOFOLLOW and O_CLOEXEC: a planted symlink is
+    # refused, and no exec'd program inherits the descriptor.
+    cdef int fd = shm_open(path, O_RDONLY, 0)
     if fd < 0:
         if errno == 2:  # ENOENT
             return None
         raise OSError(errno, f"cannot open shared memory {shm}: {os.strerror(errno)}")
     cdef struct_stat st
+    cdef _Mapping m
     try:
         if fstat(fd, &st) != 0:
             raise OSError(errno, os.strerror(errno))
+        if trust is not None:
+            (<_Trust>trust).check(shm, st.st_uid, st.st_gid, st.st_mode)
         if <size_t>st.st_size < sizeof(fe_header):
-            return _Mapping.__new__(_Mapping)  # empty: not (yet) a table
-        return _map_fd(fd, <size_t>st.st_size, writable)
-    finally:
+            m = _Mapping.__new__(_Mapping)  # empty: not (yet) a table
+            close(fd)
+        else:
+            m = _map_fd(fd, <size_t>st.st_size, False, True)
+    except BaseException:
         close(fd)
+        raise
+    m.uid = st.st_uid
+    m.mode = st.st_mode & 0o7777
+    return m
+
+
+cdef bint _owner_alive(_Mapping m):
+    """Whether the process that writes ``m``'s table still does (a live lock).
+
+    A table this process writes is alive while open.  Otherwise the owner's
+    OFD lock decides, as seen from any PID namespace; only a table written
+    without one (fastelect 0.1) falls back to its pid.  When the lock cannot
+    be asked, the owner counts as alive: the table's leases still run out on
+    their own, so the answer stays safe.
+    """
+    cdef fe_header *h = m.header()
+    cdef int held
+    if m.r.owned:
+        return not h.closed
+    if h.flags & FE_HDR_LOCK_LIVENESS:
+        if m.r.fd < 0:
+            return True
+        held = fe_lock_held(m.r.fd)
+        return held != 0
+    return _pid_alive(h.owner_pid)
+
+
+cdef str _uid_name(long uid):
+    try:
+        import pwd
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError, OverflowError):
+        return f"uid {uid}"
+
+
+@cython.final
+cdef class _Trust:
+    """Who may own a table this process reads, and whether it may be writable."""
+
+    cdef long me
+    cdef long other
+    cdef long group
+    cdef bint writable_ok
+    cdef bint writer
+    cdef str name
+
+    cdef int check(self, str shm, long uid, long gid, unsigned long mode) except -1:
+        cdef str why
+        if uid != self.me and uid != self.other and (self.group < 0 or gid != self.group):
+            why = "owned by " + _uid_name(uid)
+            if self.group >= 0:
+                why += f" and group {gid}"
+        elif (mode & 0o022) and not self.writable_ok:
+            why = "writable by " + (
+                "group and others" if (mode & 0o022) == 0o022
+                else ("its group" if mode & 0o020 else "others")
+            )
+        else:
+            return 0
+        where = f"leadership table {self.name!r} ({shm_path(self.name)})"
+        if self.writer:
+            message = (
+                f"{where} is squatted: it is {why}, mode {mode & 0o7777:04o}, not by this "
+                f"process's {_uid_name(self.me)}. Another local user created a segment of "
+                "that name first; this elector will not publish into or trust it. Choose "
+                "another table name, or remove the segment as its owner or root"
+            )
+        else:
+            trusted = _uid_name(self.me)
+            if self.other >= 0 and self.other != self.me:
+                trusted += " or " + _uid_name(self.other)
+            if self.group >= 0:
+                trusted += f" or group {self.group}"
+            message = (
+                f"{where} is not trusted: it is {why}, mode {mode & 0o7777:04o}, and this "
+                f"process trusts only tables owned by {trusted} that others cannot write. "
+                "Another local user may have created it to answer for this host. If that "
+                "owner is the host's elector, name it (owner=... or group=...); else remove "
+                "the segment "
+                "as its owner or root"
+            )
+        raise UntrustedTableError(self.name, shm_path(self.name), uid, mode & 0o7777, message)
+
+
+cdef long _group_id(object group) except? -2:
+    """``group`` (a gid or a group name) as a gid; -1 for None."""
+    if group is None:
+        return -1
+    if isinstance(group, bool) or not isinstance(group, (int, str)) or group == "":
+        raise TypeError(f"group must be a gid (int) or a group name (str), not {group!r}")
+    if isinstance(group, int):
+        if group < 0:
+            raise ValueError(f"group gid must not be negative, not {group}")
+        return group
+    import grp
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ValueError(f"group {group!r}: no such group") from None
+
+
+cdef _Trust _make_trust(
+    str name, object owner, bint writable_ok, bint writer=False, object group=None
+):
+    cdef _Trust t = _Trust.__new__(_Trust)
+    t.me = os.geteuid()
+    t.writer = writer
+    t.other = -1
+    t.group = _group_id(group)
+    t.writable_ok = writable_ok
+    t.name = name
+    if owner is None:
+        return t
+    if isinstance(owner, bool):
+        raise TypeError(f"owner must be a uid (int) or a user name (str), not {owner!r}")
+    if isinstance(owner, int):
+        if owner < 0:
+            raise ValueError(f"owner uid must not be negative, not {owner}")
+        t.other = owner
+        return t
+    if isinstance(owner, str) and owner:
+        import pwd
+        try:
+            t.other = pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise ValueError(f"owner {owner!r}: no such user") from None
+        return t
+    raise TypeError(f"owner must be a uid (int) or a user name (str), not {owner!r}")
 
 
 cdef int _validate_header(_Mapping m) except -1:
@@ -138,20 +294,32 @@ cdef class LeadershipTable:
     """The leadership table this process writes: one slot per election.
 
     ``LeadershipTable()`` is private to the process; ``LeadershipTable("name")``
-    publishes it as POSIX shared memory (mode 0600) so other processes of the
-    same user can :func:`attach` it.  A segment of that name left behind by a
-    dead process is replaced; one held by a live process raises
-    :class:`FastelectError`.  In a child forked from this process, every slot
-    of the table reads as not leading (safety rule 7,
+    publishes it as POSIX shared memory so other processes can :func:`attach`
+    it: mode 0600 (only this user), or ``mode=0o640`` / ``0o644`` for readers
+    of this group or of any user (who must name this owner to trust it).  Its
+    liveness is an OFD lock this process holds on it until :meth:`close`, seen
+    from every PID namespace that shares ``/dev/shm``.
+
+    A segment of that name whose owner is gone is replaced; one with a live
+    owner raises :class:`FastelectError`; one that another user created raises
+    :class:`UntrustedTableError` naming that user and its mode (a squatter
+    cannot make this elector trust it).  In a child forked from this process,
+    every slot of the table reads as not leading (safety rule 7,
     docs/safety.md#rule-7-nothing-inherited-through-fork-leads).
     """
 
-    def __init__(self, name=None, int slots=8):
+    def __init__(self, name=None, int slots=8, *, int mode=0o600):
         if slots < 1 or slots > 256:
             raise ValueError("slots must be between 1 and 256")
+        if mode & ~0o644 or (mode & 0o600) != 0o600:
+            raise ValueError(
+                f"mode {mode:04o}: a table is read-write for its owner and at most readable "
+                "by group and others (0600, 0640 or 0644)"
+            )
         cdef size_t size = sizeof(fe_header) + <size_t>slots * sizeof(fe_slot)
         cdef void *p
         cdef int fd
+        cdef uint32_t flags = 0
         cdef bytes path
         self.name = name
         self._slots = {}
@@ -180,16 +348,24 @@ cdef class LeadershipTable:
             else:
                 raise FastelectError(f"could not create shared memory {shm}: it keeps reappearing")
             try:
-                if ftruncate(fd, size) != 0:
+                # The lock first: once a reader can see the magic, the lock
+                # that says "alive" is already held.
+                if fe_lock_take(fd) == 0:
+                    flags |= FE_HDR_LOCK_LIVENESS
+                elif errno not in (22, 95):  # EINVAL, ENOTSUP/EOPNOTSUPP: no OFD locks
+                    raise OSError(errno, f"cannot lock shared memory {shm}: {os.strerror(errno)}")
+                if fchmod(fd, mode) != 0 or ftruncate(fd, size) != 0:
                     raise OSError(errno, os.strerror(errno))
-                self._map = _map_fd(fd, size, True)
+                # The mapping keeps the descriptor, and with it the lock.
+                self._map = _map_fd(fd, size, True, True)
             except BaseException:
                 shm_unlink(path)
-                raise
-            finally:
                 close(fd)
+                raise
             self._map.name = shm
             self._map.r.unlink_on_close = 1
+            self._map.uid = os.geteuid()
+            self._map.mode = mode
         memset(self._map.r.base, 0, size)
         cdef fe_header *h = self._map.header()
         h.version = FE_LAYOUT_VERSION
@@ -197,23 +373,31 @@ cdef class LeadershipTable:
         h.slot_count = slots
         h.slot_size = sizeof(fe_slot)
         h.owner_pid = os.getpid()
+        h.flags = flags
+        # Nonzero: 0 means "no token" (a table of fastelect 0.1).
+        h.token = secrets.randbits(64) | 1
         h.created_wall_ns = time.time_ns()
         h.created_mono_ns = fe_clock_ns()
         # magic last: a reader that sees it sees a complete header.
         fe_publish_magic(h)
 
     def _replace_stale(self, str shm):
-        cdef _Mapping old = _open_existing(shm, False)
+        # Another user's segment is never ours to judge or remove, even as
+        # root: say who squats the name instead.
+        cdef _Mapping old = _open_existing(shm, _make_trust(self.name, None, True, True))
         if old is None:
             return
         cdef fe_header *h
         if old.r.base != NULL and old.r.size >= sizeof(fe_header):
             h = old.header()
-            if h.magic == FE_MAGIC and not h.closed and _pid_alive(h.owner_pid):
+            if h.magic == FE_MAGIC and not h.closed and _owner_alive(old):
                 raise FastelectError(
-                    f"leadership table {shm!r} is in use by live process {h.owner_pid}"
+                    f"leadership table {shm!r} is in use by a live owner (pid {h.owner_pid} "
+                    "in its PID namespace): another elector on this host publishes under "
+                    "this name; give each its own table name"
                 )
-        # Dead owner, closed, or not a table of ours: never trust it.
+        # Dead owner, closed, or not a table at all: never trust it.
+        old.release()
         shm_unlink(shm.encode())
 
     @property
@@ -231,6 +415,11 @@ cdef class LeadershipTable:
     def closed(self):
         """True once :meth:`close` ran."""
         return self._map is None
+
+    @property
+    def token(self):
+        """A random number naming this table's incarnation (0 when closed)."""
+        return 0 if self._map is None else self._map.header().token
 
     @property
     def inherited(self):
@@ -305,6 +494,8 @@ cdef class LeadershipTable:
             h.closed = 1
             if self._map.r.unlink_on_close and self._map.name is not None:
                 shm_unlink((<str>self._map.name).encode())
+            # Unlinked and closed: the liveness lock has nothing left to say.
+            self._map.close_fd()
         self._map.r.unlink_on_close = 0
         # Slots and readers keep a reference to the mapping; it is unmapped when
         # the last of them goes.
@@ -564,8 +755,23 @@ cdef class TableReader:
 
     @property
     def owner_pid(self):
-        """The pid of the process that writes this table."""
+        """The writer's pid *in its own PID namespace*: for people, never for liveness."""
         return self._open_map().header().owner_pid
+
+    @property
+    def owner_uid(self):
+        """The uid that owns the segment (checked when it was attached)."""
+        return self._open_map().uid
+
+    @property
+    def mode(self):
+        """The segment's permission bits when it was attached (e.g. ``0o600``)."""
+        return self._open_map().mode
+
+    @property
+    def token(self):
+        """The table's incarnation (:attr:`LeadershipTable.token`; 0 if it has none)."""
+        return self._open_map().header().token
 
     @property
     def closed(self):
@@ -575,11 +781,16 @@ cdef class TableReader:
         return bool(self._map.header().closed)
 
     @property
-    def stale(self):
-        """True when the table is closed or its owner process is gone."""
+    def owner_alive(self):
+        """True while the table's writer holds it: its lock, seen from any PID namespace."""
         if self.closed:
-            return True
-        return not _pid_alive(self._map.header().owner_pid)
+            return False
+        return _owner_alive(self._map)
+
+    @property
+    def stale(self):
+        """True when the table is closed or its owner is gone (:attr:`owner_alive`)."""
+        return not self.owner_alive
 
     def close(self):
         """Unmap the table (if this reader is the last user of the mapping)."""
@@ -595,13 +806,24 @@ cdef class TableReader:
         self.close()
 
 
-def attach(str name):
-    """Map the named leadership table read-only; raises if it does not exist."""
+def attach(str name, owner=None, *, group=None, bint allow_writable=False):
+    """Map the named leadership table read-only; raises if it does not exist.
+
+    The table is trusted only if this process's user owns it, or ``owner``
+    (a uid or a user name: the host's elector runs as another user) does, or
+    its group is ``group`` (a gid or a group name: every member of that group
+    is then trusted), and only if neither group nor others may write it
+    (unless ``allow_writable``).
+    Otherwise :class:`UntrustedTableError` names its owner and mode: another
+    local user can create a segment of any free name in ``/dev/shm``.
+    """
     shm = _shm_name(name)
-    cdef _Mapping m = _open_existing(shm, False)
+    cdef _Mapping m = _open_existing(shm, _make_trust(name, owner, allow_writable, False, group))
     if m is None:
         raise FastelectError(f"no leadership table named {name!r} (is the elector running?)")
     _validate_header(m)
+    # Our own table, mapped again by name: the fork guard treats it as ours.
+    m.r.mine = fe_region_writes_token(m.header().token)
     cdef TableReader r = TableReader.__new__(TableReader)
     r._map = m
     r._index = {}

@@ -19,6 +19,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "TLSError",
+    "UntrustedTableError",
 ]
 
 
@@ -72,3 +73,20 @@ class TLSError(FastelectError, ValueError):
 
 class HealthServerError(FastelectError):
     """The health server could not start (port taken, bad certificate, ...)."""
+
+
+class UntrustedTableError(FastelectError, PermissionError):
+    """A leadership table is owned by a user this process does not trust, or is
+    writable by others: another local user may have planted it."""
+
+    def __init__(self, name: str, path: str, owner_uid: int, mode: int, message: str) -> None:
+        #: The table's name, its segment's path, owner uid and permission bits.
+        self.name = name
+        self.path = path
+        self.owner_uid = owner_uid
+        self.mode = mode
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Picklable (it crosses process boundaries in pools and tests).
+        return (type(self), (self.name, self.path, self.owner_uid, self.mode, str(self)))

@@ -14,7 +14,7 @@ import logging
 import time
 
 from ._core import TableReader, attach
-from .errors import FastelectError
+from .errors import FastelectError, UntrustedTableError
 
 __all__ = ["HostLeadership"]
 
@@ -36,20 +36,52 @@ class HostLeadership:
 
     An ``election`` the table does not hold is reported once at WARNING, with
     the names it does hold, and answers False.
+
+    The table is trusted as :func:`fastelect.attach` trusts it: owned by this
+    process's user or by ``owner`` (a uid or user name: the elector runs as
+    another user) or of group ``group`` (a gid or group name), and writable
+    by no one else.  A table that fails the test
+    is refused: ``is_leader()`` answers False, :attr:`refused` holds the
+    :class:`~fastelect.UntrustedTableError` (its owner and mode), and it is
+    logged at ERROR once per owner and mode.  Liveness is the elector's lock
+    on the table, so the elector may be in another PID namespace.
     """
 
-    __slots__ = ("_checked", "_election", "_missing_reported", "_name", "_reader")
+    __slots__ = (
+        "_checked",
+        "_election",
+        "_group",
+        "_missing_reported",
+        "_name",
+        "_owner",
+        "_reader",
+        "_refused",
+    )
 
-    def __init__(self, table_name: str, election: str = "default") -> None:
+    def __init__(
+        self,
+        table_name: str,
+        election: str = "default",
+        *,
+        owner: int | str | None = None,
+        group: int | str | None = None,
+    ) -> None:
         if not isinstance(table_name, str) or not table_name:
             raise TypeError("table_name must be a non-empty str")
         if not isinstance(election, str) or not election:
             raise TypeError("election must be a non-empty str")
+        if owner is not None and (isinstance(owner, bool) or not isinstance(owner, int | str)):
+            raise TypeError(f"owner must be a uid (int), a user name (str) or None, not {owner!r}")
+        if group is not None and (isinstance(group, bool) or not isinstance(group, int | str)):
+            raise TypeError(f"group must be a gid (int), a group name (str) or None, not {group!r}")
         self._name = table_name
         self._election = election
+        self._owner = owner
+        self._group = group
         self._reader: TableReader | None = None
         self._checked = float("-inf")
         self._missing_reported = False
+        self._refused: UntrustedTableError | None = None
 
     @property
     def table_name(self) -> str:
@@ -60,6 +92,11 @@ class HostLeadership:
     def election(self) -> str:
         """The election whose leadership it reports."""
         return self._election
+
+    @property
+    def refused(self) -> UntrustedTableError | None:
+        """Why the table last found under the name was refused (None: it was not)."""
+        return self._refused
 
     def is_leader(self) -> bool:
         """True while the host's elector leads ``election`` (see the class docs)."""
@@ -89,12 +126,22 @@ class HostLeadership:
 
     def _attach(self) -> TableReader | None:
         try:
-            return attach(self._name)
+            reader = attach(self._name, self._owner, group=self._group)
+        except UntrustedTableError as exc:
+            if self._refused is None or (self._refused.owner_uid, self._refused.mode) != (
+                exc.owner_uid,
+                exc.mode,
+            ):
+                _log.error("%s; is_leader() answers False", exc, extra={"table": self._name})
+            self._refused = exc
+            return None
         except (FastelectError, OSError) as exc:
             _log.debug(
                 "leadership table %r not attached: %s", self._name, exc, extra={"table": self._name}
             )
             return None  # the host's elector is not running (yet)
+        self._refused = None
+        return reader
 
     def _report_missing(self, reader: TableReader) -> None:
         if self._missing_reported:

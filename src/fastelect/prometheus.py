@@ -15,6 +15,7 @@ Needs the optional extra: ``pip install 'fastelect[prometheus]'``.  Importing
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -30,10 +31,12 @@ except ModuleNotFoundError as exc:
     ) from exc
 
 from ._core import TableReader, attach, monotonic_ns, shm_path
-from .errors import ConfigError, FastelectError
+from .errors import ConfigError, FastelectError, UntrustedTableError
 from .metrics import Family, families
 
 __all__ = ["LeadershipCollector"]
+
+_log = logging.getLogger(__name__)
 
 
 class LeadershipCollector:
@@ -50,16 +53,59 @@ class LeadershipCollector:
     ``describe()`` names the fixed families, so a registry refuses a second
     collector for the same names (two tables' series would collide: register
     them in separate registries).  Safe to scrape from several threads.
+
+    The table is trusted as :func:`fastelect.attach` trusts it: owned by this
+    process's user or by ``owner`` (a uid or a user name, when the elector
+    runs as another user) or of group ``group``, and writable by no one else.  A table that fails
+    is never read: scrapes show ``fastelect_table_attached 0``,
+    :attr:`refused` holds the :class:`~fastelect.UntrustedTableError` (its
+    owner and mode), and it is logged at ERROR once per owner and mode.
     """
 
-    def __init__(self, table_name: str) -> None:
+    def __init__(
+        self,
+        table_name: str,
+        *,
+        owner: int | str | None = None,
+        group: int | str | None = None,
+    ) -> None:
         if not isinstance(table_name, str):
             raise ConfigError("table_name", f"must be a string, not {table_name!r}")
         try:
             shm_path(table_name)  # the core's own name rule
         except ValueError as exc:
             raise ConfigError("table_name", str(exc)) from exc
+        if owner is not None and (isinstance(owner, bool) or not isinstance(owner, int | str)):
+            raise ConfigError("owner", f"must be a uid, a user name or None, not {owner!r}")
+        if isinstance(owner, int) and owner < 0:
+            raise ConfigError("owner", f"must not be negative, not {owner}")
+        if isinstance(owner, str):
+            import pwd
+
+            try:
+                owner = pwd.getpwnam(owner).pw_uid  # once, not at every scrape
+            except KeyError:
+                raise ConfigError("owner", f"no such user {owner!r}") from None
+        if group is not None and (
+            isinstance(group, bool) or not isinstance(group, int | str) or group == ""
+        ):
+            raise ConfigError("group", f"must be a gid, a group name or None, not {group!r}")
+        if isinstance(group, int) and group < 0:
+            raise ConfigError("group", f"must not be negative, not {group}")
+        if isinstance(group, str):
+            import grp
+
+            try:
+                group = grp.getgrnam(group).gr_gid
+            except KeyError:
+                raise ConfigError("group", f"no such group {group!r}") from None
         self.table_name = table_name
+        #: Whose tables are trusted besides this process's user (see the class docs).
+        self.owner = owner
+        #: A group whose tables are trusted too (its gid), or None.
+        self.group = group
+        #: Why the table under the name was last refused, or None.
+        self.refused: UntrustedTableError | None = None
         self._reader: TableReader | None = None
         # prometheus_client's HTTP server scrapes from a thread per request.
         self._lock = threading.Lock()
@@ -73,9 +119,17 @@ class LeadershipCollector:
         if reader is not None:
             reader.close()
         try:
-            fresh = attach(self.table_name)
-        except (FastelectError, OSError):
+            fresh = attach(self.table_name, self.owner, group=self.group)
+        except UntrustedTableError as exc:
+            last = self.refused
+            if last is None or (last.owner_uid, last.mode) != (exc.owner_uid, exc.mode):
+                _log.error("%s; not exporting it", exc, extra={"table": self.table_name})
+            self.refused = exc
             return None
+        except (FastelectError, OSError):
+            self.refused = None
+            return None
+        self.refused = None
         if fresh.closed or fresh.stale:
             fresh.close()
             return None

@@ -136,6 +136,7 @@ def watchdog_argv(
     parent: int,
     package_path: Sequence[str],
     table: str,
+    table_token: int,
     election: str,
     term: int,
     term_lead_ns: int,
@@ -159,6 +160,8 @@ def watchdog_argv(
         os.pathsep.join(package_path),
         "--table",
         table,
+        "--table-token",
+        str(table_token),
         "--election",
         election,
         "--term",
@@ -354,6 +357,9 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--parent", type=int, required=True, help="the sidecar's pid")
     p.add_argument("--package-path", required=True, help="fastelect.__path__, os.pathsep-joined")
     p.add_argument("--table", required=True, help="the leadership table's shared-memory name")
+    p.add_argument(
+        "--table-token", type=int, required=True, help="the table's incarnation (its token)"
+    )
     p.add_argument("--election", required=True, help="the election's slot in the table")
     p.add_argument("--term", type=int, required=True, help="the term the child runs under")
     p.add_argument("--term-lead-ns", type=int, required=True)
@@ -408,8 +414,15 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         reader = attach(args.table)
     except Exception as exc:
         _die(f"cannot attach leadership table {args.table!r}: {exc}")
-    if reader.owner_pid != args.parent:
-        _die(f"leadership table {args.table!r} belongs to pid {reader.owner_pid}, not the sidecar")
+    # The table must be the one the sidecar created, and still held by it:
+    # its token, and its owner's lock.  Never a pid: the pid in the table is
+    # its writer's in the writer's PID namespace.
+    if reader.token != args.table_token or not reader.owner_alive:
+        _die(
+            f"leadership table {args.table!r} is not the sidecar's live table "
+            f"(token {reader.token}, expected {args.table_token}; "
+            f"owner {'alive' if reader.owner_alive else 'gone'})"
+        )
     election, term = args.election, args.term
 
     def lease_until() -> int:

@@ -22,9 +22,11 @@ The sidecar campaigns; while it leads it runs the command as a child
 * The sidecar is SIGKILLed: the watchdog stops the child's tree.
 
 The leadership is always published in a shared-memory table (the
-watchdog reads the lease from it): ``--shm NAME``, else ``run-PID``,
-removed on stop.  Without a command, with ``--shm`` or ``--health-bind``,
-the sidecar just campaigns and publishes the leadership until stopped.
+watchdog reads the lease from it): ``--shm NAME``, else
+``run-<digest of store, lock and id>-<random>`` (see
+:func:`default_table_name`), removed on stop.  Without a command, with
+``--shm`` or ``--health-bind``, the sidecar just campaigns and publishes the
+leadership until stopped.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
+import secrets
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,7 +58,7 @@ from .stores import StoreSpec, parse_store_url
 if TYPE_CHECKING:
     from ..health import HealthServer
 
-__all__ = ["add_parser", "command"]
+__all__ = ["add_parser", "command", "default_table_name"]
 
 _log = logging.getLogger("fastelect.cli.run")
 _NS = 1_000_000_000
@@ -168,7 +172,11 @@ def command(args: argparse.Namespace) -> int:
     )
     # A command's lease watchdog reads the deadline from a named table, so
     # there is always one then (private: mode 0600, removed on stop).
-    table_name = args.shm or (f"run-{os.getpid()}" if cmd or args.health_bind else None)
+    table_name = args.shm or (
+        default_table_name(args.store, args.lock, args.server_id)
+        if cmd or args.health_bind
+        else None
+    )
     sidecar = Sidecar(
         spec,
         config,
@@ -181,6 +189,23 @@ def command(args: argparse.Namespace) -> int:
         tls_cert=cert,
     )
     return _util.run_async(sidecar.run())
+
+
+def default_table_name(store: str, lock: str, server_id: str) -> str:
+    """The sidecar's table name when ``--shm`` is not given: ``run-DIGEST-RANDOM``.
+
+    DIGEST (8 hex digits) is of the store URL, the lock and the id, so an
+    operator can tell whose table it is; RANDOM (8 hex digits) is drawn per
+    start.  Never a pid: sidecars in containers that share ``/dev/shm`` but
+    not a PID namespace are all PID 1, and a pid-named table collided.  The
+    random part keeps apart two sidecars of one lock and id (a duplicate id,
+    or a restart whose predecessor's table is still being swept), and
+    leaves another local user no name to create first.
+    """
+    digest = hashlib.blake2b(
+        "\0".join((store, lock, server_id)).encode(), digest_size=4
+    ).hexdigest()
+    return f"run-{digest}-{secrets.token_hex(4)}"
 
 
 def _health_cert(cert_path: str, key_path: str) -> TLSCertificate:
@@ -252,6 +277,8 @@ class Sidecar:
         self._restart = restart
         self._restart_delay = restart_delay
         self._table_name = table_name
+        #: The table's incarnation: a watchdog checks it reads this very table.
+        self._table_token = 0
         self._health_bind = health_bind
         self._tls_cert = tls_cert
         self._stopping = asyncio.Event()
@@ -304,6 +331,8 @@ class Sidecar:
             storage = self._spec.create()
             if self._table_name:
                 table = LeadershipTable(self._table_name, slots=1)
+                self._table_token = table.token
+                _log.info("publishing the leadership in table %s", self._table_name)
             elector = Elector(self._config, storage, table=table)
             await elector.start()
             if containment:
@@ -443,6 +472,7 @@ class Sidecar:
                     command=self._command,
                     env=env,
                     table=self._table_name,
+                    table_token=self._table_token,
                     election=elector.election,
                     term=term,
                     term_lead_ns=self._term_lead_ns,

@@ -13,11 +13,12 @@ Endpoints (``routes`` maps a path to an election name):
     200 with the lock-record JSON (``leaderID``, ``leaderAddr``,
     ``lastUpdated`` = now in RFC 3339, ``term``, ``etag``) while this host
     holds a live lease for that election; 404 otherwise (follower, lease
-    expired, election not started, table missing).
+    expired, election not started, table missing); 503 when the table under
+    that name is not trusted (another user's, or writable by others).
 ``GET /healthz``
     200 ``ok`` while every started election's loop completed a cycle within
     its own watchdog bound; 503 naming the stuck election otherwise, or
-    when the table is missing.
+    when the table is missing or not trusted.
 ``GET /metrics``
     Prometheus text format (0.0.4): per-election role, term, lease and
     heartbeat gauges and the table's counters, all prefixed ``fastelect_``.
@@ -27,8 +28,10 @@ support it wherever GET is); any other method gets 405 with ``Allow``.
 Unknown paths get 404.
 
 Configuration comes from the environment so granian can build the app with
-its factory option in every worker: :data:`ENV_TABLE` names the table and
-:data:`ENV_ROUTES` holds the routes as a JSON object.  The same works from
+its factory option in every worker: :data:`ENV_TABLE` names the table,
+:data:`ENV_ROUTES` holds the routes as a JSON object and
+:data:`ENV_TABLE_OWNER` / :data:`ENV_TABLE_GROUP` (optional) the uid / gid
+whose tables are trusted besides the worker's own.  The same works from
 granian's command line::
 
     FASTELECT_HEALTH_TABLE=myapp FASTELECT_HEALTH_ROUTES='{"/health/leadership": "default"}' \\
@@ -52,7 +55,7 @@ from typing import Any
 import orjson
 
 from .._core import TableReader, attach, monotonic_ns
-from ..errors import ConfigError, FastelectError
+from ..errors import ConfigError, FastelectError, UntrustedTableError
 from ..metrics import TableBusy as _TableBusy
 from ..metrics import exposition, families
 from ..metrics import snapshot as _snapshot
@@ -62,6 +65,8 @@ __all__ = [
     "ENV_MAIN_PID",
     "ENV_ROUTES",
     "ENV_TABLE",
+    "ENV_TABLE_GROUP",
+    "ENV_TABLE_OWNER",
     "RESERVED_PATHS",
     "HealthApp",
     "create_app",
@@ -74,6 +79,10 @@ _log = logging.getLogger(__name__)
 
 #: Environment variable naming the leadership table to attach.
 ENV_TABLE = "FASTELECT_HEALTH_TABLE"
+#: Environment variable holding the uid whose tables are trusted besides our own.
+ENV_TABLE_OWNER = "FASTELECT_HEALTH_TABLE_OWNER"
+#: Environment variable holding the gid whose tables are trusted (a group's members).
+ENV_TABLE_GROUP = "FASTELECT_HEALTH_TABLE_GROUP"
 #: Environment variable holding the routes, a JSON object ``{path: election}``.
 ENV_ROUTES = "FASTELECT_HEALTH_ROUTES"
 #: Paths the app answers itself; routes may not use them.
@@ -196,11 +205,27 @@ class HealthApp:
     table named ``table_name`` at request time.  If the table is closed,
     replaced by a restarted owner, or its owner died, the app maps it again
     by name (or answers as if nothing were started while it is missing).
+
+    A table is trusted as :func:`fastelect.attach` trusts it: owned by this
+    worker's user or by ``owner`` (or of group ``group``), writable by no
+    one else.  One that fails
+    is never read: its routes and ``/healthz`` answer 503 naming its owner
+    and mode, and it is logged at ERROR once per owner and mode.
     """
 
-    def __init__(self, table_name: str, routes: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        table_name: str,
+        routes: Mapping[str, str],
+        owner: int | None = None,
+        group: int | None = None,
+    ) -> None:
         self.table_name = validate_table_name(table_name)
         self.routes = validate_routes(routes)
+        self.owner = owner
+        self.group = group
+        #: Why the table under the name was last refused, or None.
+        self.refused: UntrustedTableError | None = None
         self._reader: TableReader | None = None
         self._owner_checked = 0.0
         self._clock = _Clock()
@@ -222,9 +247,17 @@ class HealthApp:
         # Closed by its owner, or the owner died: map whatever has the name now.
         self._forget()
         try:
-            fresh: TableReader = attach(self.table_name)
-        except (FastelectError, OSError):
+            fresh: TableReader = attach(self.table_name, self.owner, group=self.group)
+        except UntrustedTableError as exc:
+            last = self.refused
+            if last is None or (last.owner_uid, last.mode) != (exc.owner_uid, exc.mode):
+                _log.error("%s; answering 503", exc, extra={"table": self.table_name})
+            self.refused = exc
             return None
+        except (FastelectError, OSError):
+            self.refused = None
+            return None
+        self.refused = None
         if fresh.closed or fresh.stale:
             return None
         self._reader = fresh
@@ -286,6 +319,8 @@ class HealthApp:
         """
         reader = self.reader()
         if reader is None:
+            if self.refused is not None:
+                return 503, _not_leader(election, self._untrusted())
             return 404, _not_leader(election, "leadership table is missing")
         # The lease test first: it alone decides "leader", whatever is cached.
         leading = reader.is_leader(election)
@@ -334,6 +369,8 @@ class HealthApp:
         """Status and body for ``/healthz`` (client-go's HealthzAdaptor, per election)."""
         reader = self.reader()
         if reader is None:
+            if self.refused is not None:
+                return 503, f"{self._untrusted()}\n".encode()
             return 503, f"leadership table {self.table_name!r} is missing\n".encode()
         now = monotonic_ns()
         stuck: list[str] = []
@@ -353,6 +390,14 @@ class HealthApp:
         if stuck:
             return 503, ("\n".join(stuck) + "\n").encode()
         return 200, b"ok\n"
+
+    def _untrusted(self) -> str:
+        refused = self.refused
+        assert refused is not None
+        return (
+            f"leadership table {self.table_name!r} is not trusted: owned by uid "
+            f"{refused.owner_uid}, mode {refused.mode:04o}"
+        )
 
 
 def _why_not(st: dict[str, Any] | None) -> str:
@@ -388,4 +433,13 @@ def create_app() -> HealthApp:
         routes = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ConfigError(ENV_ROUTES, f"must be a JSON object of path to election: {exc}") from exc
-    return HealthApp(table, routes)
+    return HealthApp(
+        table, routes, _env_id(ENV_TABLE_OWNER, "uid"), _env_id(ENV_TABLE_GROUP, "gid")
+    )
+
+
+def _env_id(variable: str, what: str) -> int | None:
+    text = os.environ.get(variable, "")
+    if text and not text.isdigit():
+        raise ConfigError(variable, f"must be a {what}, not {text!r}")
+    return int(text) if text else None

@@ -58,10 +58,25 @@ from types import TracebackType
 
 import orjson
 
-from ..errors import ConfigError, HealthServerError, LifecycleError, TLSError
+from .._core import attach
+from ..errors import (
+    ConfigError,
+    FastelectError,
+    HealthServerError,
+    LifecycleError,
+    TLSError,
+    UntrustedTableError,
+)
 from ..tls import TLSCertificate, server_ssl_context
 from ._process import ENV_SETTINGS
-from .app import ENV_ROUTES, ENV_TABLE, validate_routes, validate_table_name
+from .app import (
+    ENV_ROUTES,
+    ENV_TABLE,
+    ENV_TABLE_GROUP,
+    ENV_TABLE_OWNER,
+    validate_routes,
+    validate_table_name,
+)
 
 __all__ = ["HealthServer", "HealthServerConfig"]
 
@@ -123,9 +138,20 @@ class HealthServerConfig:
     #: soft ``RLIMIT_NOFILE`` to the hard limit first, and a larger number
     #: than the descriptors allow is clamped (logged).
     max_connections: int | None = None
+    #: Whose leadership table to trust besides this process's own user: a uid
+    #: or a user name, for a table an elector of another user publishes (say a
+    #: root health server beside a sidecar of its own uid). Default None: this
+    #: user's tables only. A table owned by anyone else, or writable by group
+    #: or others, is refused (docs/health.md, "Whose table is trusted").
+    table_owner: int | str | None = None
+    #: A group (gid or group name) whose tables are trusted too: every member
+    #: of it may then publish the table. Default None.
+    table_group: int | str | None = None
 
     def __post_init__(self) -> None:
         _parse_bind_addr(self.bind_addr)
+        self.table_owner_uid()
+        self.table_group_gid()
         if not isinstance(self.tls_cert, TLSCertificate):
             raise ConfigError(
                 "tls_cert",
@@ -153,6 +179,42 @@ class HealthServerConfig:
                 raise ConfigError(
                     "max_connections", f"must be between 1 and {_MAX_CONNECTIONS}, not {limit}"
                 )
+
+    def table_owner_uid(self) -> int | None:
+        """:attr:`table_owner` as a uid (a user name looked up); None when not set."""
+        owner = self.table_owner
+        if owner is None:
+            return None
+        if isinstance(owner, bool) or not isinstance(owner, int | str) or owner == "":
+            raise ConfigError("table_owner", f"must be a uid, a user name or None, not {owner!r}")
+        if isinstance(owner, int):
+            if owner < 0:
+                raise ConfigError("table_owner", f"must not be negative, not {owner}")
+            return owner
+        import pwd
+
+        try:
+            return pwd.getpwnam(owner).pw_uid
+        except KeyError:
+            raise ConfigError("table_owner", f"no such user {owner!r}") from None
+
+    def table_group_gid(self) -> int | None:
+        """:attr:`table_group` as a gid (a group name looked up); None when not set."""
+        group = self.table_group
+        if group is None:
+            return None
+        if isinstance(group, bool) or not isinstance(group, int | str) or group == "":
+            raise ConfigError("table_group", f"must be a gid, a group name or None, not {group!r}")
+        if isinstance(group, int):
+            if group < 0:
+                raise ConfigError("table_group", f"must not be negative, not {group}")
+            return group
+        import grp
+
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError("table_group", f"no such group {group!r}") from None
 
     @property
     def host(self) -> str:
@@ -422,6 +484,7 @@ class HealthServer:
         """
         if self._started or self._proc is not None:
             raise LifecycleError("health server is already running")
+        self._check_table_trust()
         self._stopping = False
         cert = self.config.tls_cert
         try:
@@ -463,6 +526,23 @@ class HealthServer:
             self.pid,
             extra=self._extra,
         )
+
+    def _check_table_trust(self) -> None:
+        """Refuse to serve a table under our name that we would not trust.
+
+        Raises :class:`UntrustedTableError` (its owner and mode).  A missing
+        table is fine: the elector may start after the server.
+        """
+        try:
+            attach(
+                self.table_name,
+                self.config.table_owner_uid(),
+                group=self.config.table_group_gid(),
+            ).close()
+        except UntrustedTableError:
+            raise
+        except (FastelectError, OSError):
+            pass  # missing, or not a table (yet): the workers look again per request
 
     async def stop(self) -> None:
         """Stop gracefully; leaves no process and deletes the certificate files.
@@ -515,6 +595,16 @@ class HealthServer:
         env = dict(os.environ)
         env[ENV_SETTINGS] = orjson.dumps(settings).decode()
         env[ENV_TABLE] = self.table_name
+        owner = self.config.table_owner_uid()
+        if owner is None:
+            env.pop(ENV_TABLE_OWNER, None)
+        else:
+            env[ENV_TABLE_OWNER] = str(owner)
+        group = self.config.table_group_gid()
+        if group is None:
+            env.pop(ENV_TABLE_GROUP, None)
+        else:
+            env[ENV_TABLE_GROUP] = str(group)
         env[ENV_ROUTES] = orjson.dumps(self.routes).decode()
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p
