@@ -21,13 +21,13 @@ aiobotocore client, which is bound to the event loop it was first used on:
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigError
 from ..storage import FileStorage, MemoryStorage, S3Storage, Storage
+from ..storage.file import resolve_directory
 
 __all__ = ["StoreSpec", "parse_store_url"]
 
@@ -43,7 +43,9 @@ class StoreSpec:
     kind: Literal["file", "memory", "s3"]
     #: The URL as given (it never holds secrets).
     url: str
-    #: The storage directory (file stores).
+    #: The storage directory (file stores), resolved as the kernel resolves it
+    #: (symlinks followed, ``..`` taken after them), so every spelling of one
+    #: directory is one store.
     path: str = ""
     #: The bucket (S3 stores).
     bucket: str = ""
@@ -121,7 +123,13 @@ def _parse_file(url: str, netloc: str, path: str, query: str, fragment: str) -> 
         raise _fail(url, "a file store needs a directory path")
     if "\0" in directory:
         raise _fail(url, "the path contains a NUL byte")
-    return StoreSpec(kind="file", url=url, path=os.path.normpath(directory))
+    try:
+        # Not os.path.normpath: it crosses out "link/.." as text, which names
+        # another directory than the kernel reaches, and so another lock.
+        resolved = resolve_directory(directory)
+    except ConfigError as exc:
+        raise _fail(url, str(exc).removeprefix("directory: ")) from exc
+    return StoreSpec(kind="file", url=url, path=resolved)
 
 
 def _parse_s3(url: str, netloc: str, path: str, query: str, fragment: str) -> StoreSpec:
