@@ -130,7 +130,7 @@ async def test_dotdot_after_a_symlink_creates_nothing_beside_the_link(tmp_path: 
     (tmp_path / "real" / "x").mkdir(parents=True)
     (tmp_path / "real2").mkdir()
     (tmp_path / "real2" / "jump").symlink_to(tmp_path / "real" / "x")
-    storage = FileStorage(tmp_path / "real2" / "jump" / ".." / "fresh")
+    storage = FileStorage(tmp_path / "real2" / "jump" / ".." / "fresh", create=True)
     await storage.put_if_match(KEY, b"x", "")
     assert (tmp_path / "real" / "fresh").is_dir()
     assert not (tmp_path / "real2" / "fresh").exists()  # what abspath would have invented
@@ -148,6 +148,103 @@ def test_dotdot_after_a_missing_directory_is_a_config_error(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="Not a directory"):
         FileStorage(f"{tmp_path}/file/../locks")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # nothing was created
+
+
+# -- a missing directory is an error, not a second lock -------------------------
+
+
+def test_a_missing_directory_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    typo = tmp_path / "lcoks"
+    with pytest.raises(ConfigError) as info:
+        FileStorage(typo)
+    assert info.value.field == "directory"
+    message = str(info.value)
+    assert f"{typo} does not exist" in message and "create=True" in message
+    # Another spelling: the message shows what was given and what it resolved to.
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ConfigError, match=r"lcoks \(given as '.*/sub/\.\./lcoks'\)"):
+        FileStorage(f"{tmp_path}/sub/../lcoks")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="exists but is not a directory"):
+        FileStorage(tmp_path / "file")
+    with pytest.raises(ConfigError, match="component of the path is a file"):
+        FileStorage(tmp_path / "file" / "locks")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "sub"]  # nothing was made
+
+
+@pytest.mark.asyncio
+async def test_create_true_makes_the_directory_0700_on_first_use(tmp_path: Path) -> None:
+    directory = tmp_path / "a" / "locks"
+    storage = FileStorage(directory, create=True)
+    assert not directory.exists()  # construction writes nothing
+    etag = await storage.put_if_match(KEY, b"x", "")
+    assert directory.stat().st_mode & 0o777 == 0o700
+    assert await FileStorage(directory).get(KEY) == (b"x", etag)  # exists now: create not needed
+
+
+@pytest.mark.asyncio
+async def test_a_directory_removed_in_use_is_not_made_again(tmp_path: Path) -> None:
+    directory = tmp_path / "locks"
+    directory.mkdir()
+    storage = FileStorage(directory)
+    etag = await storage.put_if_match(KEY, b"x", "")
+    for path in directory.iterdir():
+        path.unlink()
+    directory.rmdir()
+    for attempt in (storage.put_if_match(KEY, b"y", etag), storage.check()):
+        with pytest.raises(StorageError, match="no longer exists") as info:
+            await attempt
+        assert str(directory) in str(info.value)
+    assert not directory.exists()  # a new, empty directory would be a new lock
+    made = FileStorage(directory, create=True)
+    await made.check()
+    assert directory.is_dir()
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fastelect.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--id", "a", "--", "true"],
+        ["check"],
+        ["demo", "--nodes", "2"],
+        ["status"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_cli_file_stores_must_exist(tmp_path: Path, argv: list[str]) -> None:
+    typo = tmp_path / "lcoks"
+    done = _cli(argv[0], "--store", f"file://{typo}", *argv[1:])
+    assert done.returncode == 2, done
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastelect: error: "), done.stderr
+    assert f"{typo} does not exist" in lines[0]
+    # status only reads: it offers no flag to make the directory.
+    assert ("--create-store" in lines[0]) == (argv[0] != "status"), lines[0]
+    assert list(tmp_path.iterdir()) == []  # nothing was made
+
+
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_cli_create_store_makes_the_directory_0700(tmp_path: Path, command: str) -> None:
+    directory = tmp_path / "new" / "locks"
+    if command == "run":
+        argv = ["run", "--store", f"file://{directory}", "--create-store", "--id", "a"]
+        done = _cli(*argv, "--leader-timeout", "1", "--frequent-interval", "0.2", "--", "true")
+    else:
+        done = _cli("check", "--store", f"file://{directory}", "--create-store")
+    assert done.returncode == 0, done.stderr
+    assert directory.stat().st_mode & 0o777 == 0o700
+    if command == "run":
+        assert (directory / "leader.json").is_file()
 
 
 # -- its own I/O threads -------------------------------------------------------
@@ -312,7 +409,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.mark.asyncio
 async def test_a_read_only_filesystem_is_named_as_such(tmpfs: Path) -> None:
-    storage = FileStorage(tmpfs / "locks")
+    storage = FileStorage(tmpfs / "locks", create=True)
     etag = await storage.put_if_match(KEY, b"x", "")
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     assert await storage.get(KEY) == (b"x", etag)  # reads still work
@@ -322,7 +419,7 @@ async def test_a_read_only_filesystem_is_named_as_such(tmpfs: Path) -> None:
         assert isinstance(info.value, StorageAuthError)  # still a refusal
         assert "permission denied" not in str(info.value)
         assert str(tmpfs / "locks") in str(info.value)
-    fresh = FileStorage(tmpfs / "other")
+    fresh = FileStorage(tmpfs / "other", create=True)
     with pytest.raises(StorageReadOnly, match="mounted read-only"):
         await fresh.check()  # creating the directory fails the same way
 

@@ -49,7 +49,7 @@ from ..tls import TLSCertificate
 from . import _tree, _util
 from ._child import Child, LeaseGuard, Watchdog, WatchedChild, spawn
 from ._watchdog import stop_leads
-from .stores import StoreSpec, parse_store_url
+from .stores import StoreSpec, add_create_store_arg, parse_store_url
 
 if TYPE_CHECKING:
     from ..health import HealthServer
@@ -82,6 +82,7 @@ def add_parser(subparsers: Any) -> None:
         "  fastelect run --store s3://locks/web --id web-1 --shm web  # publish only",
     )
     p.add_argument("--store", required=True, metavar="URL", help="file:///dir or s3://bucket/…")
+    add_create_store_arg(p)
     p.add_argument("--id", required=True, dest="server_id", help="this node's unique id")
     p.add_argument(
         "--lock",
@@ -157,7 +158,7 @@ def command(args: argparse.Namespace) -> int:
     if (args.tls_cert or args.tls_key) and not args.health_bind:
         parser.error("--tls-cert/--tls-key are only used with --health-bind")
     _util.configure_logging(args, default=logging.INFO)
-    spec = parse_store_url(args.store)
+    spec = parse_store_url(args.store, create=args.create_store)
     addr = args.addr if args.addr is not None else _addr_from_bind(args.health_bind)
     config = _util.elector_config(
         args, lockfile_path=args.lock, server_id=args.server_id, server_addr=addr

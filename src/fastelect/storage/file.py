@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from urllib.parse import quote
 
@@ -44,7 +45,7 @@ from .base import (
 )
 from .verify import VerifyReport, verify_storage
 
-__all__ = ["FileStorage", "resolve_directory"]
+__all__ = ["FileStorage", "require_directory", "resolve_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,17 @@ class FileStorage:
     it (:func:`resolve_directory`: symlinks followed, ``..`` taken after
     them), so every spelling of one directory names one lock; ``directory``
     (the property), :meth:`describe` and every error show that resolved
-    path. It is created (mode 0700) by :meth:`check` or on first use.
+    path.
+
+    ``create`` (default False) says whether FileStorage may make the
+    directory. By default it must already exist: a missing one is a
+    :class:`~fastelect.ConfigError` naming it, raised here, before anything
+    is written, because a typo in the path would otherwise make a second,
+    separate lock beside the one every other node uses. With
+    ``create=True`` a missing directory is made (mode 0700; missing parents
+    with the default mode) by :meth:`check` or on first use. A directory
+    removed while in use is never re-made unless ``create=True``: the
+    storage reports it instead.
     ``lock_timeout`` (seconds, default 2.0) bounds the wait for another
     process's write to finish; past it the write fails with
     StorageUnavailable instead of hanging behind a frozen process.
@@ -133,12 +144,21 @@ class FileStorage:
     that is a directory is reported by path with what to do.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, lock_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        lock_timeout: float = 2.0,
+    ) -> None:
         if not os.fspath(directory):
             raise ConfigError("directory", "must not be empty")
         if not lock_timeout > 0:
             raise ConfigError("lock_timeout", f"must be > 0 seconds, got {lock_timeout!r}")
         self._dir = resolve_directory(directory)
+        self._create = bool(create)
+        if not self._create:
+            require_directory(self._dir, directory, hint="pass create=True to have it made")
         self._lock_timeout = lock_timeout
         self._io = IOThreads(f"FileStorage({self._dir})")
         self._ready = False
@@ -168,7 +188,7 @@ class FileStorage:
         return await self._io.run(self._put_sync, name, bytes(body), etag)
 
     async def check(self) -> None:
-        """Create the directory if missing and prove this process can write in it."""
+        """Prove this process can write in the directory (made first if missing and ``create``)."""
         self._check_open()
         await self._io.run(self._check_sync)
 
@@ -231,6 +251,10 @@ class FileStorage:
     def _ensure_directory(self, *, once: bool) -> None:
         if once and self._ready:
             return
+        if not self._create:
+            self._require_directory()
+            self._ready = True
+            return
         try:
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
         except FileExistsError as exc:
@@ -241,6 +265,22 @@ class FileStorage:
         except OSError as exc:
             raise self._os_error(exc, "creating the storage directory", self._dir) from exc
         self._ready = True
+
+    def _require_directory(self) -> None:
+        # Checked again at use: the directory may be gone since construction,
+        # and re-making it would start a second, empty lock.
+        try:
+            info = os.stat(self._dir)
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"storage directory {self._dir} no longer exists (it was there when this"
+                " FileStorage was made); FileStorage does not re-make it, as a new empty"
+                " directory would be a new lock: restore it, or use create=True"
+            ) from exc
+        except OSError as exc:
+            raise self._os_error(exc, "opening the storage directory", self._dir) from exc
+        if not stat.S_ISDIR(info.st_mode):
+            raise StorageError(f"storage directory {self._dir} exists but is not a directory")
 
     def _read(self, path: str, limit: int) -> tuple[bytes | None, str]:
         """Return (body, etag) of ``path``, or (None, "") if it does not exist."""
@@ -485,6 +525,38 @@ def resolve_directory(directory: str | os.PathLike[str]) -> str:
             " so the '..' after it names no directory",
         )
     return os.path.realpath(path)
+
+
+def require_directory(
+    resolved: str, given: str | os.PathLike[str], *, hint: str, field: str = "directory"
+) -> None:
+    """Raise :class:`~fastelect.ConfigError` unless ``resolved`` is an existing directory.
+
+    ``hint`` says how the caller may ask for it to be made (``create=True``,
+    ``--create-store``). Errors other than "missing" and "not a directory"
+    (permission denied on a parent) are left for the storage's first use,
+    which reports them as storage errors.
+    """
+    shown = (
+        resolved if os.fspath(given) == resolved else f"{resolved} (given as {os.fspath(given)!r})"
+    )
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        raise ConfigError(
+            field,
+            f"storage directory {shown} does not exist; a typo here would make a second,"
+            f" separate lock, so it is not made silently: create it (mkdir -m 700"
+            f" {resolved}) or {hint}",
+        ) from None
+    except NotADirectoryError:
+        raise ConfigError(
+            field, f"storage directory {shown}: a component of the path is a file"
+        ) from None
+    except OSError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(field, f"storage directory {shown} exists but is not a directory")
 
 
 def _role(path: str) -> str:
