@@ -306,7 +306,7 @@ def storage_factory(
     if kind == "memory":
         return MemoryStorage
     if kind == "file":
-        return lambda: FileStorage(tmp_path_factory.mktemp("file-storage") / "locks")
+        return lambda: FileStorage(tmp_path_factory.mktemp("file-storage") / "locks", create=True)
     # Sync fixtures only here: the servers start outside any event loop.
     if kind == "seaweedfs":
         endpoint = request.getfixturevalue("seaweedfs_server")

@@ -116,7 +116,7 @@ def test_two_in_one_process_compete_and_stop_hands_over(
 def test_start_error_is_raised_in_the_calling_thread(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
-    bg = BackgroundElector(fast_config("x"), lambda: FileStorage(blocker / "locks"))
+    bg = BackgroundElector(fast_config("x"), lambda: FileStorage(blocker / "locks", create=True))
     with pytest.raises(StorageError, match="not a directory"):
         bg.start()
     assert not bg.running and not bg.is_leader()
@@ -195,7 +195,7 @@ def test_named_table_is_read_by_a_worker_process(
 ) -> None:
     name = f"bg-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     bg = BackgroundElector(
-        fast_config("host-1"), lambda: FileStorage(tmp_path / "locks"), table_name=name
+        fast_config("host-1"), lambda: FileStorage(tmp_path / "locks", create=True), table_name=name
     )
     electors.append(bg)
     bg.start()

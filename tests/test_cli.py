@@ -265,7 +265,7 @@ def test_two_sidecars_run_the_child_on_exactly_one_and_hand_over_on_sigkill(
     kind: str, tmp_path: Path, procs: Procs, child_script: Path, request: pytest.FixtureRequest
 ) -> None:
     if kind == "file":
-        store = f"file://{tmp_path / 'store'}"
+        store = store_url(tmp_path)
         lease, freq = 1.0, 0.2
     else:
         store = s3_url(request.getfixturevalue("moto_server"), request.getfixturevalue("s3_bucket"))
@@ -327,7 +327,7 @@ def test_two_sidecars_run_the_child_on_exactly_one_and_hand_over_on_sigkill(
 
 
 def test_child_exit_releases_and_passes_its_status_on(tmp_path: Path) -> None:
-    store = f"file://{tmp_path / 'store'}"
+    store = store_url(tmp_path)
     done = cli(
         "run",
         "--store",
@@ -369,7 +369,7 @@ def test_restart_runs_the_child_again_under_the_same_term(tmp_path: Path, procs:
     sidecar = procs.start(
         "run",
         "--store",
-        f"file://{tmp_path / 'store'}",
+        store_url(tmp_path),
         "--id",
         "a",
         "--restart",
@@ -391,7 +391,7 @@ def test_restart_runs_the_child_again_under_the_same_term(tmp_path: Path, procs:
 def test_sigint_and_sighup_stop_the_child_and_release(
     sig: signal.Signals, tmp_path: Path, procs: Procs, child_script: Path
 ) -> None:
-    store = f"file://{tmp_path / 'store'}"
+    store = store_url(tmp_path)
     out = tmp_path / "out.txt"
     sidecar = procs.start(*sidecar_args(store, "a", out, child_script), name="a")
     first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
@@ -406,6 +406,7 @@ def test_sigint_and_sighup_stop_the_child_and_release(
 
 def test_the_child_environment_names_the_lock_term_leader_and_table(tmp_path: Path) -> None:
     store_dir = tmp_path / "store"
+    store_dir.mkdir()
     script = (
         "import json, os\n"
         "print(json.dumps({k: v for k, v in os.environ.items() if k.startswith('FASTELECT_')}))"
@@ -452,6 +453,7 @@ def test_lease_running_out_without_renewal_stops_the_child_before_the_deadline(
     # child ignores SIGTERM) before the deadline.
     lease, freq, margin = 1.0, 0.2, 0.1
     store_dir = tmp_path / "store"
+    store_dir.mkdir()
     out = tmp_path / "out.txt"
     sidecar = procs.start(
         "run",
@@ -516,7 +518,7 @@ def test_shm_publishes_the_leadership_to_the_child_and_other_processes(
     sidecar = procs.start(
         "run",
         "--store",
-        f"file://{tmp_path / 'store'}",
+        store_url(tmp_path),
         "--id",
         "a",
         "--shm",
@@ -546,7 +548,7 @@ def test_health_endpoint_is_served_while_leading(tmp_path: Path, procs: Procs) -
     sidecar = procs.start(
         "run",
         "--store",
-        f"file://{tmp_path / 'store'}",
+        store_url(tmp_path),
         "--id",
         "a",
         "--health-bind",
@@ -780,7 +782,7 @@ def test_watchdog_stops_the_child_of_a_frozen_sidecar_by_the_deadline(
     # process can stop it now: SIGTERM 0.35 s ahead (ignored by this child),
     # SIGKILL 50 ms before the deadline the frozen sidecar last published.
     lease, freq, margin = 1.0, 0.2, 0.1
-    store = f"file://{tmp_path / 'store'}"
+    store = store_url(tmp_path)
     timing = [
         "--leader-timeout",
         str(lease),
@@ -860,7 +862,7 @@ def test_watchdog_leaves_a_renewing_leaders_child_alone(
         "--grace",
         "0.5",
     ]
-    store = f"file://{tmp_path / 'store'}"
+    store = store_url(tmp_path)
     sidecar = procs.start(
         *sidecar_args(store, "a", out, child_script, *timing), "ignore-term", name="a"
     )
@@ -892,7 +894,7 @@ def test_a_child_whose_watchdog_dies_is_stopped_and_started_again_under_a_new_on
     tmp_path: Path, procs: Procs, child_script: Path
 ) -> None:
     out = tmp_path / "out.txt"
-    store = f"file://{tmp_path / 'store'}"
+    store = store_url(tmp_path)
     extra = ("--restart-delay", "0.1", "--grace", "1")
     sidecar = procs.start(*sidecar_args(store, "a", out, child_script, *extra), name="a")
     first = wait_for(lambda: read_lines(out), 30, "no child started")[0]
@@ -1004,6 +1006,13 @@ def test_certs_verify_with_openssl_and_are_private(tmp_path: Path) -> None:
 
 
 # -- bad input: one clean line ------------------------------------------------------------
+
+
+def store_url(tmp_path: Path) -> str:
+    """A file:// store in ``tmp_path/store``, made first: file stores must exist."""
+    directory = tmp_path / "store"
+    directory.mkdir(exist_ok=True)
+    return f"file://{directory}"
 
 
 def assert_one_clean_line(done: subprocess.CompletedProcess[str], *needles: str) -> None:

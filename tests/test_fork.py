@@ -231,7 +231,7 @@ async def test_elector_in_a_child_does_not_release_the_shared_record(tmp_path: A
     """With a store the child shares (a file), the child's stop() writes nothing."""
     from fastelect import FileStorage
 
-    storage = FileStorage(tmp_path / "locks")
+    storage = FileStorage(tmp_path / "locks", create=True)
     elector = Elector(fast_config("shared-store"), storage)
     await elector.start()
     try:

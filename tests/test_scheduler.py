@@ -591,7 +591,7 @@ async def test_bad_scheduler_arguments_raise_typed_errors() -> None:
 
 async def test_scheduled_electors_share_pooled_tables(tmp_path: Any) -> None:
     scheduler = Scheduler()
-    storage = FileStorage(tmp_path / "locks")
+    storage = FileStorage(tmp_path / "locks", create=True)
     electors = [
         Elector(fast_config(f"p{i}", f"p/{i}.json"), storage, scheduler=scheduler)
         for i in range(300)

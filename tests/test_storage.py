@@ -230,7 +230,7 @@ from fastelect.storage import FileStorage, S3Storage
 
 async def main(me, kind, *where):
     if kind == "file":
-        storage = FileStorage(where[0], lock_timeout=10)
+        storage = FileStorage(where[0], create=True, lock_timeout=10)
     else:
         endpoint, bucket, prefix = where
         storage = S3Storage(bucket, prefix, endpoint_url=endpoint, region_name="us-east-1",
@@ -482,7 +482,7 @@ async def test_file_temp_file_of_a_writer_killed_mid_write_is_removed(tmp_path: 
 async def test_file_rejects_keys_that_are_not_plain_relative_paths(
     tmp_path: Path, key: str
 ) -> None:
-    storage = FileStorage(tmp_path / "locks")
+    storage = FileStorage(tmp_path / "locks", create=True)
     with pytest.raises(ConfigError, match="key"):
         storage.describe(key)
     with pytest.raises(ConfigError):
@@ -507,7 +507,7 @@ async def test_file_keys_map_to_files_inside_the_directory(tmp_path: Path) -> No
 @pytest.mark.asyncio
 async def test_file_check_creates_directory_0700(tmp_path: Path) -> None:
     directory = tmp_path / "a" / "b" / "locks"
-    await FileStorage(directory).check()
+    await FileStorage(directory, create=True).check()
     assert directory.is_dir()
     assert directory.stat().st_mode & 0o777 == 0o700
 
@@ -516,7 +516,7 @@ async def test_file_check_creates_directory_0700(tmp_path: Path) -> None:
 async def test_file_directory_that_is_a_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "locks"
     path.write_text("not a directory")
-    storage = FileStorage(path)
+    storage = FileStorage(path, create=True)  # without create: a ConfigError at once
     for attempt in (storage.check(), storage.get(KEY), storage.put_if_match(KEY, b"x", "")):
         with pytest.raises(StorageError, match="is not a directory") as info:
             await attempt
@@ -527,7 +527,7 @@ async def test_file_directory_that_is_a_file_is_a_clear_error(tmp_path: Path) ->
 @pytest.mark.asyncio
 async def test_file_path_through_a_file_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
-    storage = FileStorage(tmp_path / "file" / "locks")
+    storage = FileStorage(tmp_path / "file" / "locks", create=True)
     with pytest.raises(StorageError, match="is a file, not a directory") as info:
         await storage.check()
     assert not isinstance(info.value, StorageAuthError | StorageUnavailable)
@@ -546,7 +546,7 @@ async def attempt(operation):
     return ["ok", ""]
 
 async def main(private, readonly):
-    missing = FileStorage(os.path.join(private, "locks"))
+    missing = FileStorage(os.path.join(private, "locks"), create=True)
     locked = FileStorage(private)
     unwritable = FileStorage(readonly)
     print(json.dumps({

@@ -17,6 +17,7 @@ __all__ = [
     "RecordError",
     "StorageAuthError",
     "StorageError",
+    "StorageReadOnly",
     "StorageUnavailable",
     "TLSError",
     "UntrustedTableError",
@@ -57,6 +58,15 @@ class BucketNotFound(StorageError):
 
 class StorageAuthError(StorageError):
     """The storage refused our credentials or permissions (HTTP 403 and friends)."""
+
+
+class StorageReadOnly(StorageAuthError):
+    """The storage refuses every write: its filesystem is mounted read-only (EROFS).
+
+    A :class:`StorageAuthError`, so code that treats refusals alike keeps
+    working; the message names the read-only filesystem instead of blaming
+    owners and modes.
+    """
 
 
 class StorageUnavailable(StorageError):

@@ -1,6 +1,7 @@
 """``fastelect certs``: a development CA and a server certificate for the health server.
 
-Writes into ``--out`` (created 0700), every file mode 0600:
+Writes into ``--out`` (created 0700; an existing one tightened to 0700 when it
+holds nothing but these files, else a warning), every file mode 0600:
 
 ``ca-cert.pem`` / ``ca-key.pem``
     a new self-signed CA (skipped when ``--ca-cert``/``--ca-key`` name an
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,6 +119,7 @@ def command(args: argparse.Namespace) -> int:
         message = str(exc)
         flag = next((f for p, f in _FLAG_OF_PARAM.items() if message.startswith(p)), "--dns/--ip")
         raise ConfigError(flag, message) from exc
+    _tighten(out, {path.name for path in targets} | {"ca-cert.pem", "ca-key.pem"})
     written: list[Path] = []
     if not args.ca_cert:
         # The CA pair is a valid TLSCertificate too, which writes 0600 files.
@@ -129,6 +133,42 @@ def command(args: argparse.Namespace) -> int:
         "peers verify it with ca-cert.pem\n"
     )
     return _util.EXIT_OK
+
+
+def _tighten(out: Path, ours: set[str]) -> None:
+    """Make an existing ``out`` 0700, as a new one is made; warn where that is not ours to do.
+
+    Only a directory that holds nothing but certificate files is changed:
+    ``--out .`` or ``--out /tmp`` must not lock other users (or programs) out
+    of a shared directory. The keys are 0600 either way.
+    """
+    try:
+        info = out.stat()
+    except FileNotFoundError:
+        return  # made 0700 by write_private
+    except OSError as exc:
+        raise _util.CLIError(f"cannot use --out {out}: {exc.strerror or exc}") from exc
+    if not stat.S_ISDIR(info.st_mode):
+        raise _util.CLIError(f"--out {out} is not a directory")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077 == 0:
+        return
+    others = sorted(name for name in os.listdir(out) if name not in ours)
+    if others:
+        sys.stderr.write(
+            f"fastelect: warning: {out} is mode {mode:04o} and holds other files"
+            f" ({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}), so it is left"
+            " as it is; the keys are 0600, but a directory of their own (0700) is safer\n"
+        )
+        return
+    try:
+        os.chmod(out, 0o700)
+    except OSError as exc:
+        raise _util.CLIError(
+            f"--out {out} is mode {mode:04o} and could not be made 0700"
+            f" ({exc.strerror or exc}); chmod 700 it or pick another directory"
+        ) from exc
+    sys.stderr.write(f"fastelect: {out} was mode {mode:04o}; made it 0700\n")
 
 
 def _read(path: str) -> bytes:

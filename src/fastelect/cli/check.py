@@ -12,7 +12,6 @@ refused credentials, missing bucket or directory).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
@@ -21,7 +20,7 @@ import orjson
 from ..errors import ConfigError, FastelectError
 from ..storage.verify import VerifyReport, verify_storage
 from . import _util
-from .stores import StoreSpec, parse_store_url
+from .stores import StoreSpec, add_create_store_arg, parse_store_url
 
 __all__ = ["EXIT_CANNOT_CHECK", "EXIT_FIT", "EXIT_UNFIT", "add_parser", "command", "run_check"]
 
@@ -55,6 +54,7 @@ def add_parser(subparsers: Any) -> None:
         "locks live, if permissions differ by prefix); default: the store's root",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
+    add_create_store_arg(p)
     _util.add_logging_args(p)
     p.set_defaults(handler=command)
 
@@ -63,10 +63,9 @@ def command(args: argparse.Namespace) -> int:
     """Probe the store; 0 fit, 1 unfit, 2 could not check."""
     _util.configure_logging(args)
     try:
-        spec = parse_store_url(args.store)
-        if spec.kind == "file" and not os.path.isdir(spec.path):
-            # The probe would create it; a missing directory is most likely a typo.
-            raise _util.CLIError(f"storage directory {spec.path} does not exist")
+        # A missing directory is most likely a typo: the probe makes it only
+        # with --create-store.
+        spec = parse_store_url(args.store, create=args.create_store)
         report = _util.run_async(run_check(spec, args.prefix))
     except (FastelectError, OSError) as exc:
         # Here even bad input means "could not check" (2), not "unfit" (1).

@@ -52,7 +52,7 @@ from ..storage import MemoryStorage, Storage
 from . import _util
 from ._child import Child, spawn
 from ._view import LiveView
-from .stores import StoreSpec, parse_store_url
+from .stores import StoreSpec, add_create_store_arg, parse_store_url
 
 __all__ = ["add_parser", "command", "node_command"]
 
@@ -92,6 +92,7 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         help="file:///dir, s3://bucket/prefix?… or memory:// (default: a temporary directory)",
     )
+    add_create_store_arg(p)
     p.add_argument(
         "--duration",
         type=_util.positive_seconds,
@@ -724,9 +725,9 @@ def command(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="fastelect-demo-"))
     try:
         if args.store is None:
-            spec = parse_store_url(f"file://{workdir / 'store'}")
+            spec = parse_store_url(f"file://{workdir / 'store'}", create=True)
         else:
-            spec = parse_store_url(args.store, allow_memory=True)
+            spec = parse_store_url(args.store, allow_memory=True, create=args.create_store)
         config = _util.elector_config(args, lockfile_path=args.lock, server_id="demo")
         out = sys.stderr if args.json else sys.stdout
         view = LiveView(out)

@@ -53,7 +53,7 @@ from ..tls import TLSCertificate
 from . import _tree, _util
 from ._child import Child, LeaseGuard, Watchdog, WatchedChild, spawn
 from ._watchdog import stop_leads
-from .stores import StoreSpec, parse_store_url
+from .stores import StoreSpec, add_create_store_arg, parse_store_url
 
 if TYPE_CHECKING:
     from ..health import HealthServer
@@ -86,6 +86,7 @@ def add_parser(subparsers: Any) -> None:
         "  fastelect run --store s3://locks/web --id web-1 --shm web  # publish only",
     )
     p.add_argument("--store", required=True, metavar="URL", help="file:///dir or s3://bucket/…")
+    add_create_store_arg(p)
     p.add_argument("--id", required=True, dest="server_id", help="this node's unique id")
     p.add_argument(
         "--lock",
@@ -161,7 +162,7 @@ def command(args: argparse.Namespace) -> int:
     if (args.tls_cert or args.tls_key) and not args.health_bind:
         parser.error("--tls-cert/--tls-key are only used with --health-bind")
     _util.configure_logging(args, default=logging.INFO)
-    spec = parse_store_url(args.store)
+    spec = parse_store_url(args.store, create=args.create_store)
     # The bind first: the address written as leaderAddr derives from it.
     cert = _health_cert(args.tls_cert, args.tls_key) if args.health_bind else None
     if args.health_bind:

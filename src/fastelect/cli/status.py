@@ -13,7 +13,6 @@ are shown, so a record six hours old never reads as just "live".
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -76,11 +75,9 @@ def command(args: argparse.Namespace) -> int:
         args.status_parser.error("the following arguments are required: --store (or --tables)")
     if args.remove_stale:
         args.status_parser.error("--remove-stale goes with --tables")
-    spec = parse_store_url(args.store)
-    if spec.kind == "file" and not os.path.isdir(spec.path):
-        # Reading would create it; a missing directory is the file store's
-        # "no such bucket", most likely a typo in the URL.
-        raise _util.CLIError(f"storage directory {spec.path} does not exist")
+    # Status only reads: a missing directory is the file store's "no such
+    # bucket", most likely a typo in the URL, and is never made.
+    spec = parse_store_url(args.store, create=None)
     info = _util.run_async(read_status(spec, args.lock, args.leader_timeout))
     if args.json:
         sys.stdout.buffer.write(orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")

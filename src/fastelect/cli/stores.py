@@ -20,16 +20,21 @@ aiobotocore client, which is bound to the event loop it was first used on:
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..errors import ConfigError
 from ..storage import FileStorage, MemoryStorage, S3Storage, Storage
+from ..storage.file import require_directory, resolve_directory
 
-__all__ = ["StoreSpec", "parse_store_url"]
+__all__ = ["CREATE_FLAG", "StoreSpec", "add_create_store_arg", "parse_store_url"]
+
+#: The flag that lets a command make a missing ``file://`` storage directory.
+CREATE_FLAG = "--create-store"
 
 _S3_PARAMS = frozenset({"endpoint_url", "region", "addressing_style", "timeout"})
 _EXAMPLES = "file:///path/to/dir, s3://bucket/prefix?endpoint_url=...&region=... or memory://"
@@ -43,7 +48,9 @@ class StoreSpec:
     kind: Literal["file", "memory", "s3"]
     #: The URL as given (it never holds secrets).
     url: str
-    #: The storage directory (file stores).
+    #: The storage directory (file stores), resolved as the kernel resolves it
+    #: (symlinks followed, ``..`` taken after them), so every spelling of one
+    #: directory is one store.
     path: str = ""
     #: The bucket (S3 stores).
     bucket: str = ""
@@ -57,11 +64,13 @@ class StoreSpec:
     addressing_style: str = "auto"
     #: Bound on each S3 request in seconds; None for the storage's default (2 s).
     timeout: float | None = None
+    #: Whether a missing storage directory may be made (file stores; ``--create-store``).
+    create_directory: bool = False
 
     def create(self) -> Storage:
         """Construct the storage.  Call it on the event loop that will use it."""
         if self.kind == "file":
-            return FileStorage(self.path)
+            return FileStorage(self.path, create=self.create_directory)
         if self.kind == "memory":
             return MemoryStorage()
         extra: dict[str, Any] = {} if self.timeout is None else {"timeout": self.timeout}
@@ -79,12 +88,30 @@ def _fail(url: str, problem: str) -> ConfigError:
     return ConfigError("--store", f"{problem} in {url!r}; expected {_EXAMPLES}")
 
 
-def parse_store_url(url: str, *, allow_memory: bool = False) -> StoreSpec:
+def add_create_store_arg(parser: argparse.ArgumentParser) -> None:
+    """Add ``--create-store`` (sets ``create_store``) to a command that writes to its store."""
+    parser.add_argument(
+        CREATE_FLAG,
+        dest="create_store",
+        action="store_true",
+        help="make a file:// store's directory (mode 0700) if it is missing; without it a "
+        "missing directory is an error, so a typo cannot make a second, separate lock",
+    )
+
+
+def parse_store_url(
+    url: str, *, allow_memory: bool = False, create: bool | None = False
+) -> StoreSpec:
     """Parse a store URL, raising :class:`~fastelect.ConfigError` naming ``--store``.
 
     ``memory://`` is refused unless ``allow_memory``: a memory store cannot be
     shared between processes, so two ``fastelect run`` sidecars on it would
     each see only themselves.
+
+    A ``file://`` directory must exist unless ``create`` (the command's
+    ``--create-store``): a missing one is an error here, before anything is
+    written. ``create=None`` is for commands that only read (``status``):
+    the directory must exist and the error offers no flag.
     """
     try:
         parts = urlsplit(url.strip())
@@ -92,7 +119,12 @@ def parse_store_url(url: str, *, allow_memory: bool = False) -> StoreSpec:
         raise _fail(url, f"unparsable URL ({exc})") from exc
     scheme = parts.scheme.lower()
     if scheme == "file":
-        return _parse_file(url, parts.netloc, parts.path, parts.query, parts.fragment)
+        spec = _parse_file(url, parts.netloc, parts.path, parts.query, parts.fragment)
+        if create:
+            return dataclasses.replace(spec, create_directory=True)
+        hint = f"pass {CREATE_FLAG} to have it made" if create is not None else "fix the URL"
+        require_directory(spec.path, spec.path, hint=hint, field="--store")
+        return spec
     if scheme == "memory":
         if parts.netloc or parts.path.strip("/") or parts.query:
             raise _fail(url, "memory:// takes no host, path or parameters")
@@ -121,7 +153,13 @@ def _parse_file(url: str, netloc: str, path: str, query: str, fragment: str) -> 
         raise _fail(url, "a file store needs a directory path")
     if "\0" in directory:
         raise _fail(url, "the path contains a NUL byte")
-    return StoreSpec(kind="file", url=url, path=os.path.normpath(directory))
+    try:
+        # Not os.path.normpath: it crosses out "link/.." as text, which names
+        # another directory than the kernel reaches, and so another lock.
+        resolved = resolve_directory(directory)
+    except ConfigError as exc:
+        raise _fail(url, str(exc).removeprefix("directory: ")) from exc
+    return StoreSpec(kind="file", url=url, path=resolved)
 
 
 def _parse_s3(url: str, netloc: str, path: str, query: str, fragment: str) -> StoreSpec:

@@ -36,6 +36,7 @@ from ..errors import (
     PreconditionFailed,
     StorageAuthError,
     StorageError,
+    StorageReadOnly,
     StorageUnavailable,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "Storage",
     "StorageAuthError",
     "StorageError",
+    "StorageReadOnly",
     "StorageStats",
     "StorageUnavailable",
     "as_storage",

@@ -20,7 +20,6 @@ File format (version 1)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
@@ -28,22 +27,25 @@ import logging
 import os
 import re
 import secrets
+import stat
 import time
 from urllib.parse import quote
 
 from ..errors import ConfigError
+from ._io_threads import IOThreads
 from .base import (
     MAX_OBJECT_SIZE,
     ObjectNotFound,
     PreconditionFailed,
     StorageAuthError,
     StorageError,
+    StorageReadOnly,
     StorageStats,
     StorageUnavailable,
 )
 from .verify import VerifyReport, verify_storage
 
-__all__ = ["FileStorage"]
+__all__ = ["FileStorage", "require_directory", "resolve_directory"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,13 @@ _HEADER_LEN = len(_MAGIC) + 32 + 1
 _MAX_NAME_BYTES = 200
 # Orphaned temp files of a key are looked for at most this often (seconds).
 _SWEEP_INTERVAL_S = 10.0
-# errnos that mean "refused", not "broken": reported as StorageAuthError.
-_DENIED = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+# errnos that mean "refused", not "broken": reported as StorageAuthError
+# (EROFS as its subclass StorageReadOnly, with its own message).
+_DENIED = frozenset({errno.EACCES, errno.EPERM})
+# Lock and record files are opened without following a symlink in their
+# place: a planted link must not make FileStorage create, lock or read a
+# file outside its directory.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 # errnos that may clear on their own: reported as StorageUnavailable.
 _TRANSIENT = frozenset(
     {
@@ -81,7 +88,21 @@ _TRANSIENT = frozenset(
 class FileStorage:
     """A :class:`~fastelect.storage.Storage` in a local directory.
 
-    ``directory`` is created (mode 0700) by :meth:`check` or on first use.
+    ``directory`` is resolved at construction the way the kernel resolves
+    it (:func:`resolve_directory`: symlinks followed, ``..`` taken after
+    them), so every spelling of one directory names one lock; ``directory``
+    (the property), :meth:`describe` and every error show that resolved
+    path.
+
+    ``create`` (default False) says whether FileStorage may make the
+    directory. By default it must already exist: a missing one is a
+    :class:`~fastelect.ConfigError` naming it, raised here, before anything
+    is written, because a typo in the path would otherwise make a second,
+    separate lock beside the one every other node uses. With
+    ``create=True`` a missing directory is made (mode 0700; missing parents
+    with the default mode) by :meth:`check` or on first use. A directory
+    removed while in use is never re-made unless ``create=True``: the
+    storage reports it instead.
     ``lock_timeout`` (seconds, default 2.0) bounds the wait for another
     process's write to finish; past it the write fails with
     StorageUnavailable instead of hanging behind a frozen process.
@@ -109,18 +130,37 @@ class FileStorage:
     from its ``fstat`` (prefixed ``stat-``, never equal to a token) so an
     elector can still replace garbage.
 
-    Blocking file calls run in a worker thread (``asyncio.to_thread``), reads
-    included: a page-cached read takes ~2 us inline and ~40 us through a
-    thread, but a stalled disk would otherwise stall the whole event loop.
+    Blocking file calls run on this storage's own few daemon threads (at most
+    8), reads included: a page-cached read takes ~2 us inline and ~40 us
+    through a thread, but a stalled disk would otherwise stall the whole event
+    loop. Not the loop's default executor: that one is shared with other
+    work, and refuses new work at interpreter exit, when a release must still
+    be written. A call hung in the kernel keeps its thread; at most 256 more
+    calls wait behind busy threads before new ones fail at once with
+    StorageUnavailable (see ``fastelect.storage._io_threads``).
+
+    **Links and directories inside the directory.** A key's file or lock
+    file that is a symlink is refused (``O_NOFOLLOW``), never followed; one
+    that is a directory is reported by path with what to do.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, lock_timeout: float = 2.0) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        create: bool = False,
+        lock_timeout: float = 2.0,
+    ) -> None:
         if not os.fspath(directory):
             raise ConfigError("directory", "must not be empty")
         if not lock_timeout > 0:
             raise ConfigError("lock_timeout", f"must be > 0 seconds, got {lock_timeout!r}")
-        self._dir = os.path.abspath(os.fspath(directory))
+        self._dir = resolve_directory(directory)
+        self._create = bool(create)
+        if not self._create:
+            require_directory(self._dir, directory, hint="pass create=True to have it made")
         self._lock_timeout = lock_timeout
+        self._io = IOThreads(f"FileStorage({self._dir})")
         self._ready = False
         self._closed = False
         # When each key's orphaned temp files were last swept (monotonic s).
@@ -130,7 +170,7 @@ class FileStorage:
 
     @property
     def directory(self) -> str:
-        """The absolute path of the storage directory."""
+        """The storage directory, resolved as the kernel resolves it (no symlink, no ``..``)."""
         return self._dir
 
     async def get(self, key: str) -> tuple[bytes, str]:
@@ -138,23 +178,24 @@ class FileStorage:
         self._check_open()
         name = _file_name(key)
         self.stats.gets += 1
-        return await asyncio.to_thread(self._get_sync, name)
+        return await self._io.run(self._get_sync, name)
 
     async def put_if_match(self, key: str, body: bytes, etag: str) -> str:
         """Write ``body`` if the current etag is ``etag`` ("" = must not exist)."""
         self._check_open()
         name = _file_name(key)
         self.stats.puts += 1
-        return await asyncio.to_thread(self._put_sync, name, bytes(body), etag)
+        return await self._io.run(self._put_sync, name, bytes(body), etag)
 
     async def check(self) -> None:
-        """Create the directory if missing and prove this process can write in it."""
+        """Prove this process can write in the directory (made first if missing and ``create``)."""
         self._check_open()
-        await asyncio.to_thread(self._check_sync)
+        await self._io.run(self._check_sync)
 
     async def close(self) -> None:
         """Mark the storage closed (no descriptor outlives an operation)."""
         self._closed = True
+        self._io.close()
 
     def describe(self, key: str) -> str:
         """``file://<absolute path of the key's file>``."""
@@ -175,7 +216,7 @@ class FileStorage:
         path = os.path.join(self._dir, name)
         lock_path = os.path.join(self._dir, f".{name}.lock")
         try:
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
         except OSError as exc:
             raise self._os_error(exc, "opening the lock file", lock_path) from exc
         try:
@@ -210,6 +251,10 @@ class FileStorage:
     def _ensure_directory(self, *, once: bool) -> None:
         if once and self._ready:
             return
+        if not self._create:
+            self._require_directory()
+            self._ready = True
+            return
         try:
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
         except FileExistsError as exc:
@@ -221,10 +266,26 @@ class FileStorage:
             raise self._os_error(exc, "creating the storage directory", self._dir) from exc
         self._ready = True
 
+    def _require_directory(self) -> None:
+        # Checked again at use: the directory may be gone since construction,
+        # and re-making it would start a second, empty lock.
+        try:
+            info = os.stat(self._dir)
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"storage directory {self._dir} no longer exists (it was there when this"
+                " FileStorage was made); FileStorage does not re-make it, as a new empty"
+                " directory would be a new lock: restore it, or use create=True"
+            ) from exc
+        except OSError as exc:
+            raise self._os_error(exc, "opening the storage directory", self._dir) from exc
+        if not stat.S_ISDIR(info.st_mode):
+            raise StorageError(f"storage directory {self._dir} exists but is not a directory")
+
     def _read(self, path: str, limit: int) -> tuple[bytes | None, str]:
         """Return (body, etag) of ``path``, or (None, "") if it does not exist."""
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
         except FileNotFoundError:
             return None, ""
         except OSError as exc:
@@ -348,6 +409,27 @@ class FileStorage:
     def _os_error(self, exc: OSError, action: str, path: str) -> StorageError:
         where = exc.filename if exc.filename is not None else path
         reason = exc.strerror or str(exc)
+        if exc.errno == errno.EROFS:
+            return StorageReadOnly(
+                f"{action} {where} failed: the filesystem holding the storage directory"
+                f" {self._dir} is mounted read-only; remount it read-write or use a"
+                " directory on a writable filesystem (reads still work, writes cannot)"
+            )
+        if exc.errno == errno.EISDIR:
+            # exc.filename may be the temp file a rename came from: name ``path``.
+            return StorageError(
+                f"{action} {path} failed: it is a directory, where FileStorage keeps"
+                f" {_role(path)} (a plain file); something else replaced it. Remove that"
+                f" directory once nothing uses it (rmdir {path}): FileStorage makes the"
+                " file again"
+            )
+        if exc.errno == errno.ELOOP:
+            # Only O_NOFOLLOW opens get here: the directory itself is resolved.
+            return StorageError(
+                f"{action} {path} failed: it is a symbolic link, and FileStorage follows"
+                f" no link in place of {_role(path)} (one could make it create, lock or"
+                f" read a file outside {self._dir}); remove the link (rm {path})"
+            )
         if exc.errno in _DENIED:
             return StorageAuthError(
                 f"permission denied {action} {where} ({reason}): the storage directory"
@@ -380,7 +462,7 @@ class FileStorage:
         """
         self._check_open()
         name = _file_name(key)
-        await asyncio.to_thread(self._delete_sync, name)
+        await self._io.run(self._delete_sync, name)
 
     async def verify(self, prefix: str = "") -> VerifyReport:
         """Probe this store's conditional writes; see :func:`fastelect.storage.verify_storage`."""
@@ -390,7 +472,7 @@ class FileStorage:
         path = os.path.join(self._dir, name)
         lock_path = os.path.join(self._dir, f".{name}.lock")
         try:
-            lock_fd = os.open(lock_path, os.O_RDWR | os.O_CLOEXEC)
+            lock_fd = os.open(lock_path, os.O_RDWR | _NOFOLLOW)
         except FileNotFoundError:
             lock_fd = -1  # never written through FileStorage, or already deleted
         except OSError as exc:
@@ -409,6 +491,77 @@ class FileStorage:
         finally:
             if lock_fd >= 0:
                 os.close(lock_fd)
+
+
+def resolve_directory(directory: str | os.PathLike[str]) -> str:
+    """The absolute path the kernel reaches through ``directory``.
+
+    ``..`` is taken the way the kernel takes it: after following the symlink
+    before it (``jump/../locks``, with ``jump`` a link to ``/a/b``, is
+    ``/a/locks``), never by crossing out text as ``os.path.abspath`` and
+    ``normpath`` do, which named a second directory and so a second lock.
+    A part of the path that does not exist yet is kept as written (it will be
+    created), but a ``..`` after it names nothing the kernel could reach and
+    is a :class:`~fastelect.ConfigError`.
+    """
+    given = os.fspath(directory)
+    path = given if os.path.isabs(given) else os.path.join(os.getcwd(), given)
+    parts = path.split(os.sep)
+    # The longest prefix the kernel resolves; "/" (parts[:1]) always does.
+    reached = len(parts)
+    missing: OSError | None = None
+    while reached > 1:
+        try:
+            os.stat(os.sep.join(parts[:reached]))
+            break
+        except OSError as exc:
+            missing = exc
+            reached -= 1
+    if ".." in parts[reached:]:
+        reason = missing.strerror if missing is not None and missing.strerror else "missing"
+        raise ConfigError(
+            "directory",
+            f"{given!r}: {os.sep.join(parts[: reached + 1])} cannot be reached ({reason}),"
+            " so the '..' after it names no directory",
+        )
+    return os.path.realpath(path)
+
+
+def require_directory(
+    resolved: str, given: str | os.PathLike[str], *, hint: str, field: str = "directory"
+) -> None:
+    """Raise :class:`~fastelect.ConfigError` unless ``resolved`` is an existing directory.
+
+    ``hint`` says how the caller may ask for it to be made (``create=True``,
+    ``--create-store``). Errors other than "missing" and "not a directory"
+    (permission denied on a parent) are left for the storage's first use,
+    which reports them as storage errors.
+    """
+    shown = (
+        resolved if os.fspath(given) == resolved else f"{resolved} (given as {os.fspath(given)!r})"
+    )
+    try:
+        info = os.stat(resolved)
+    except FileNotFoundError:
+        raise ConfigError(
+            field,
+            f"storage directory {shown} does not exist; a typo here would make a second,"
+            f" separate lock, so it is not made silently: create it (mkdir -m 700"
+            f" {resolved}) or {hint}",
+        ) from None
+    except NotADirectoryError:
+        raise ConfigError(
+            field, f"storage directory {shown}: a component of the path is a file"
+        ) from None
+    except OSError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(field, f"storage directory {shown} exists but is not a directory")
+
+
+def _role(path: str) -> str:
+    name = os.path.basename(path)
+    return "a key's lock file" if name.startswith(".") and name.endswith(".lock") else "a record"
 
 
 def _file_name(key: str) -> str:
