@@ -76,7 +76,7 @@ async def test_a_node_that_exits_by_itself_is_reported_with_its_log(tmp_path: Pa
 
 def test_the_failure_report_shows_a_failed_node_even_with_an_empty_log(tmp_path: Path) -> None:
     demo = _Demo(
-        parse_store_url(f"file://{tmp_path / 'store'}"),
+        parse_store_url(f"file://{tmp_path / 'store'}", create=True),
         "leader.json",
         ElectorConfig(server_id="demo", lockfile_path="leader.json"),
         2,

@@ -186,6 +186,7 @@ TIMING = [
 def test_a_frozen_leaders_whole_tree_stops_before_the_next_leader_starts(
     mechanism: str, tmp_path: Path, procs: Procs, tree: list[str]
 ) -> None:
+    (tmp_path / "store").mkdir()
     store = f"file://{tmp_path / 'store'}"
     out = tmp_path / "out.txt"
     a = procs.start(*sidecar(store, "a", tree, *TIMING), name="a", env=env_for(mechanism))
@@ -230,6 +231,7 @@ def test_a_sigkilled_sidecar_takes_the_whole_tree_along(
     mechanism: str, tmp_path: Path, procs: Procs, tree: list[str]
 ) -> None:
     out = tmp_path / "out.txt"
+    (tmp_path / "store").mkdir()
     a = procs.start(
         *sidecar(f"file://{tmp_path / 'store'}", "a", tree), name="a", env=env_for(mechanism)
     )
@@ -261,6 +263,7 @@ def test_what_a_child_leaves_behind_is_stopped_when_it_exits(
         "    time.sleep(0.01)\n"
         "sys.exit(3)\n"
     )
+    (tmp_path / "store").mkdir()
     with (tmp_path / "err.txt").open("w") as err:
         done = subprocess.run(
             [

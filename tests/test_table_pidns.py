@@ -298,6 +298,7 @@ def test_two_sidecars_that_are_each_pid_1_do_not_collide(tmp_path: Path) -> None
     # Two pods' sidecars on one host, each PID 1 of its container, with the
     # default table name: it used to be run-1 for both, and the second
     # exited 1 ("in use by live process 1").
+    (tmp_path / "store").mkdir()
     store = f"file://{tmp_path / 'store'}"
     out = tmp_path / "out"
     out.mkdir()

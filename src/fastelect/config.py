@@ -43,6 +43,18 @@ _WARN_LEASE = 0.100
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):([0-9]{1,5})$")
 #: The fields whose default is derived from leader_timeout (recomputed by copy()).
 _DERIVED = ("safety_margin", "hook_timeout", "storage_timeout")
+# One shared frozenset per combination (there are eight): a set per config
+# would be one more object per elector for every garbage-collection pass to
+# walk (see test_a_scheduled_elector_leaves_two_objects_for_the_garbage_collector).
+_DEFAULTED_SETS: dict[tuple[str, ...], frozenset[str]] = {}
+
+
+def _defaulted_set(names: tuple[str, ...]) -> frozenset[str]:
+    shared = _DEFAULTED_SETS.get(names)
+    if shared is None:
+        shared = _DEFAULTED_SETS[names] = frozenset(names)
+    return shared
+
 
 _log = logging.getLogger("fastelect.config")
 
@@ -153,7 +165,7 @@ class ElectorConfig:
                     "server_addr",
                     f"must be host:port (a port up to 65535), not {self.server_addr!r}",
                 )
-        self._defaulted = frozenset(name for name in _DERIVED if getattr(self, name) is None)
+        self._defaulted = _defaulted_set(tuple(n for n in _DERIVED if getattr(self, n) is None))
         for name in ("frequent_interval", "infrequent_interval", "leader_timeout", "peer_timeout"):
             seconds = to_seconds(name, getattr(self, name))
             if seconds <= 0:

@@ -333,9 +333,11 @@ class Sidecar:
             if self._table_name:
                 table = LeadershipTable(self._table_name, slots=1)
                 self._table_token = table.token
-                _log.info("publishing the leadership in table %s", self._table_name)
             elector = Elector(self._config, storage, table=table)
             await elector.start()
+            # Logged once the store answered, so a bad --store is one clean line.
+            if table is not None:
+                _log.info("publishing the leadership in table %s", self._table_name)
             if containment:
                 _log.info("%s", containment)
             if self._health_bind:
