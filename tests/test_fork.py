@@ -262,11 +262,17 @@ def test_background_elector_is_inert_in_a_child() -> None:
         assert bg.is_leader()
 
         def probe() -> dict[str, Any]:
-            leader = bg.is_leader()
+            out: dict[str, Any] = {"is_leader": bg.is_leader()}
+            try:
+                bg.start(timeout=5)  # would campaign under the parent's id
+                out["start"] = "started"
+            except LifecycleError as exc:
+                out["start"] = "refused" if "fork" in str(exc) else str(exc)
             bg.stop()
-            return {"is_leader": leader, "after_stop": bg.is_leader()}
+            out["after_stop"] = bg.is_leader()
+            return out
 
-        assert in_child(probe) == {"is_leader": False, "after_stop": False}
+        assert in_child(probe) == {"is_leader": False, "start": "refused", "after_stop": False}
         assert bg.is_leader()
     finally:
         bg.stop()

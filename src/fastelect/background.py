@@ -124,6 +124,8 @@ class BackgroundElector:
         self._handshake = threading.Lock()
         self._abandoned = False
         self._pid = 0
+        #: The process this object was made in: rule 7, a forked child's copy never starts.
+        self._made_pid = os.getpid()
         #: True while this node holds an unexpired lease, checked now.  After
         #: start() this is the compiled slot's own method: no Python frame, no
         #: lock, no allocation.
@@ -136,11 +138,18 @@ class BackgroundElector:
 
         Raises the elector's start error in the calling thread (for example
         :class:`~fastelect.BucketNotFound` or :class:`~fastelect.StorageAuthError`),
-        :class:`~fastelect.LifecycleError` if already running, and
+        :class:`~fastelect.LifecycleError` if already running or inherited
+        through ``fork()`` (create a new one in the child), and
         :class:`~fastelect.FastelectError` if starting takes longer than
         ``timeout`` seconds (None: wait as long as it takes).
         """
         with self._lifecycle:
+            if os.getpid() != self._made_pid:
+                # It would campaign under the parent's id, beside the parent (rule 7).
+                raise LifecycleError(
+                    "this background elector was inherited through fork(); create a new "
+                    "BackgroundElector in the child (e.g. in gunicorn's post_fork)"
+                )
             if self.running:
                 raise LifecycleError(f"background elector {self._config.server_id!r} is running")
             ready = threading.Event()

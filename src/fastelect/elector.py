@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _core
 from ._core import Action, Campaign, Event, LeadershipTable
+from ._hook_threads import HooksStuck, HookThreads
 from ._logfold import LogFold, folded_suffix
 from ._stepping import Stepper
 from .config import ElectorConfig
@@ -96,6 +97,10 @@ class LeadershipStatus:
     failure: str = ""
 
 
+class _HookTimeout(TimeoutError):
+    """A hook ran past ``hook_timeout`` (rule 9: it counts as failed)."""
+
+
 def _wake_up(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -145,11 +150,13 @@ class Elector(_core.LeaseHolder):
         "_fold",
         "_frequent_ns",
         "_generation",
+        "_hook_threads",
         "_hooks",
         "_hooks_task",
         "_kicked",
         "_last_error",
         "_leading",
+        "_lease_hooks",
         "_log",
         "_long_lease_warned",
         "_peer",
@@ -239,6 +246,11 @@ class Elector(_core.LeaseHolder):
         self._hooks_task: asyncio.Task[None] | None = None
         self._hooks: asyncio.Queue[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] | None
         self._hooks = None
+        # Made at the first sync hook: threads of this elector's own (rule 9).
+        self._hook_threads: HookThreads | None = None
+        # on_acquire / on_lose hooks queued or running: while any is, no new
+        # leadership is campaigned for (rule 9: none of N's hooks after N+1 began).
+        self._lease_hooks = 0
         # Set by _kick(): the loop must look at the campaign again before sleeping.
         self._kicked = False
         self._waiter: asyncio.Future[None] | None = None
@@ -359,6 +371,7 @@ class Elector(_core.LeaseHolder):
         self._changed = asyncio.Event()
         self._first_cycle = asyncio.Event()
         self._hooks = asyncio.Queue()
+        self._lease_hooks = 0
         self._stopping = False
         self._release_requested = False
         if self._campaign.role == _core.Role.STOPPED:
@@ -381,6 +394,7 @@ class Elector(_core.LeaseHolder):
         self._kicked = False
         self._leading = self._changed = self._first_cycle = None
         self._hooks = None
+        self._lease_hooks = 0
         self._cycled = False
         self._stopping = False
         self._release_requested = False
@@ -733,6 +747,11 @@ class Elector(_core.LeaseHolder):
             action = c.poll(now)
             self._dispatch(c.take_events())
             self._slot.heartbeat(now, self._watchdog_ns)
+            if self._lease_hooks and (action == Action.CREATE or action == Action.TAKEOVER):
+                # Rule 9: the last leadership's hooks (each bounded by
+                # hook_timeout) finish before a new one begins; they kick us.
+                await self._sleep_until(now + self._frequent_ns)
+                continue
             try:
                 if action == Action.WAIT:
                     await self._sleep_until(c.next_at_ns)
@@ -1146,25 +1165,42 @@ class Elector(_core.LeaseHolder):
             )
         if name == "on_acquire":
             args = (generation,)
+        if hook is not None and (name == "on_acquire" or name == "on_lose"):
+            self._lease_hooks += 1
         self._hooks.put_nowait((name, hook, args))
+
+    @property
+    def _campaign_held(self) -> bool:
+        """True while hooks of an ended leadership still run: campaign after them (rule 9)."""
+        return self._lease_hooks > 0 and self._campaign.role != _core.Role.LEADER
 
     async def _run_hooks(self) -> None:
         assert self._hooks is not None
         while True:
             name, hook, args = await self._hooks.get()
+            lease_hook = hook is not None and (name == "on_acquire" or name == "on_lose")
             try:
                 if hook is None:
                     continue
-                call_args = () if name == "on_acquire" or name == "on_lose" else args
+                if name == "on_acquire" and args[0] != self._generation:
+                    # That leadership already ended: its work must not start now.
+                    self._log.debug(
+                        "on_acquire of %s skipped: the leadership ended before it could start",
+                        self._config.server_id,
+                        extra=self._extra,
+                    )
+                    continue
+                call_args = () if lease_hook else args
                 try:
                     await self._call_hook(hook, call_args)
                 except Exception as exc:
+                    late = isinstance(exc, _HookTimeout)
                     self._log.error(
-                        "%s hook of %s failed: %r",
+                        "%s hook of %s failed: %s",
                         name,
                         self._config.server_id,
-                        exc,
-                        exc_info=True,
+                        exc if late else repr(exc),
+                        exc_info=not late,
                         extra=self._extra,
                     )
                     if name == "on_acquire" and args[0] == self._generation and self.is_leader():
@@ -1173,22 +1209,44 @@ class Elector(_core.LeaseHolder):
                         self._kick()
             finally:
                 self._hooks.task_done()
+                if lease_hook:
+                    self._lease_hooks -= 1
+                    if not self._lease_hooks and not self._stopping:
+                        self._kick()  # a campaign held back for these hooks may go
 
     async def _call_hook(self, hook: Callable[..., Any], args: tuple[Any, ...]) -> None:
         timeout = float(self._config.hook_timeout)  # type: ignore[arg-type]
-        async with asyncio.timeout(timeout):
-            if inspect.iscoroutinefunction(hook):
-                await hook(*args)
-                return
-            # A sync hook runs in a worker thread so a slow one cannot stall renewals.
-            result = await asyncio.to_thread(hook, *args)
-            if inspect.isawaitable(result):
-                await result
+        sync = not inspect.iscoroutinefunction(hook)
+        try:
+            async with asyncio.timeout(timeout):
+                if not sync:
+                    await hook(*args)
+                    return
+                # A sync hook runs on a thread of this elector's own, so a slow or
+                # hung one stalls neither renewals nor anything else in the process.
+                threads = self._hook_threads
+                if threads is None:
+                    threads = self._hook_threads = HookThreads(
+                        f"{self._config.server_id} on {self._where}"
+                    )
+                result = await threads.run(hook, *args)
+                if inspect.isawaitable(result):
+                    await result
+        except HooksStuck:
+            raise  # HookThreads' own bound: its message says what happened
+        except TimeoutError:
+            still = " (its thread runs on: Python cannot stop a thread)" if sync else ""
+            raise _HookTimeout(
+                f"did not finish within hook_timeout={timeout:g}s and counts as failed{still};"
+                " keep hooks short and put leader work in leadership() (docs/safety.md, rule 9)"
+            ) from None
 
     async def _drain_hooks(self) -> None:
         if self._hooks is None or self._hooks_task is None:
             return
-        timeout = float(self._config.hook_timeout) + 1.0  # type: ignore[arg-type]
+        # Each queued hook is bounded by hook_timeout on its own.
+        each = float(self._config.hook_timeout)  # type: ignore[arg-type]
+        timeout = each * (self._hooks.qsize() + 1) + 1.0
         try:
             await asyncio.wait_for(self._hooks.join(), timeout)
         except TimeoutError:

@@ -66,6 +66,7 @@ _RELEASE = int(Action.RELEASE)
 _READ = int(Action.READ)
 _PEER_CHECK = int(Action.PEER_CHECK)
 _WAIT = int(Action.WAIT)
+_CAMPAIGNS = (int(Action.CREATE), int(Action.TAKEOVER))
 _C_SHED_STEPS = int(_core.Counter.C_SHED_STEPS)
 _C_OVERLOAD_STEPDOWNS = int(_core.Counter.C_OVERLOAD_STEPDOWNS)
 #: How often in-flight steps are checked against their time bound.
@@ -414,6 +415,10 @@ class Scheduler:
             if action == _WAIT:
                 if c.role != _core.Role.STOPPED:
                     self._push(elector, c.next_at_ns)
+                continue
+            if action in _CAMPAIGNS and elector._campaign_held:
+                # Rule 9: the last leadership's hooks finish first; they kick it.
+                self._push(elector, now + elector._frequent_ns)
                 continue
             if action == _RENEW:
                 renewals.append(elector)
