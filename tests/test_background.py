@@ -88,6 +88,20 @@ def test_runs_on_its_own_uvloop_thread_and_answers_from_the_slot(
     bg.stop()  # twice is fine
 
 
+def test_is_leader_is_false_after_stop_also_with_a_named_table(
+    tmp_path: Path, electors: list[BackgroundElector]
+) -> None:
+    # The named table is closed at stop(); its slot's is_leader() raised then.
+    name = f"bg-stop-{os.getpid()}"
+    bg = BackgroundElector(fast_config("named"), lambda: FileStorage(tmp_path), table_name=name)
+    electors.append(bg)
+    bg.start()
+    assert bg.wait_for_leadership(timeout=5)
+    bg.stop()
+    assert bg.is_leader() is False and not bg.running
+    assert parse_record(read_record(tmp_path)).released
+
+
 def test_two_in_one_process_compete_and_stop_hands_over(
     tmp_path: Path, electors: list[BackgroundElector]
 ) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests.helpers import wait_for
 
 from fastelect import LeadershipTable, MemoryStorage, table_gc
 from fastelect._core import LAYOUT_VERSION, shm_path
@@ -335,3 +336,28 @@ def test_the_automatic_sweep_spares_young_segments(name: str) -> None:
         assert name in {t.name for t in table_gc.stale_tables()}
     finally:
         Path(shm_path(name)).unlink(missing_ok=True)
+
+
+def test_a_pid_is_dead_once_it_is_a_zombie_or_gone() -> None:
+    # The pid test of tables written without an owner lock (fastelect 0.1):
+    # one helper for the reader and the sweep, and a zombie never writes again.
+    from fastelect._core import _pid_alive
+
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        assert _pid_alive(child.pid)
+        assert child.stdin is not None
+        child.stdin.close()
+        wait_for(
+            lambda: Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] == "Z",
+            10,
+            "no zombie",
+        )
+        assert not _pid_alive(child.pid)  # exited, not yet reaped
+    finally:
+        child.kill()
+        child.wait()
+    assert not _pid_alive(child.pid)
+    assert not _pid_alive(0) and not _pid_alive(-1)

@@ -103,6 +103,9 @@ LEASE_CLOCK: Final[int]
 #: Its name: "CLOCK_BOOTTIME" on Linux, "CLOCK_MONOTONIC" where that counts sleep.
 LEASE_CLOCK_NAME: Final[str]
 
+def _pid_alive(pid: int) -> bool:
+    """True unless ``pid`` surely runs no more (absent, or a zombie)."""
+
 def monotonic_ns() -> int:
     """The lease clock in nanoseconds (CLOCK_BOOTTIME on Linux: it counts suspend)."""
 

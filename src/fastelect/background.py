@@ -207,6 +207,9 @@ class BackgroundElector:
             if threading.current_thread() is thread:
                 raise LifecycleError("stop() cannot be called from the elector's own thread")
             atexit.unregister(self._at_exit)
+            # False from here on, before the table closes (its slot would
+            # raise), and while the release is on its way: never a late True.
+            self.is_leader = _not_started
             future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
             try:
                 future.result(timeout)

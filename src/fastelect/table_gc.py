@@ -38,6 +38,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from ._core import _pid_alive
+
 __all__ = [
     "AUTO_SWEEP_MIN_AGE_S",
     "JUNK_AGE_S",
@@ -252,28 +254,6 @@ def _take_lock(fd: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def _pid_alive(pid: int) -> bool:
-    """True unless ``pid`` surely runs no more (absent, or a zombie)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's live process
-    # A zombie has exited and will never write again; only its parent's wait()
-    # is missing.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return not os.path.isdir("/proc/self")  # reaped meanwhile, or no procfs
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
 
 
 def _remove(directory: str, info: TableInfo) -> bool:

@@ -4,8 +4,8 @@ This module runs inside granian's worker process(es), never in the elector's
 process.  It maps the named :class:`~fastelect.LeadershipTable` read-only
 (:func:`fastelect.attach`) and answers every request from it alone, so a
 stalled or frozen elector cannot make it lie: a leadership answer is 200
-only while ``now < lease_until`` on CLOCK_MONOTONIC, the same test
-``is_leader()`` makes, evaluated per request.
+only while ``now < lease_until`` on the lease clock (CLOCK_BOOTTIME on
+Linux), the same test ``is_leader()`` makes, evaluated per request.
 
 Endpoints (``routes`` maps a path to an election name):
 
