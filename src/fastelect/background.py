@@ -51,7 +51,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._core import LeadershipTable
-from .config import ElectorConfig
+from .config import Duration, ElectorConfig, wait_seconds
 from .elector import Elector, LeadershipStatus
 from .errors import FastelectError, LifecycleError
 from .storage import Storage
@@ -124,6 +124,7 @@ class BackgroundElector:
         self._handshake = threading.Lock()
         self._abandoned = False
         self._pid = 0
+        self._wait_for_store = 0.0
         #: The process this object was made in: rule 7, a forked child's copy never starts.
         self._made_pid = os.getpid()
         #: True while this node holds an unexpired lease, checked now.  After
@@ -133,7 +134,7 @@ class BackgroundElector:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self, timeout: float | None = 60.0) -> None:
+    def start(self, timeout: float | None = 60.0, *, wait_for_store: Duration = 0.0) -> None:
         """Start campaigning; returns once the elector runs.
 
         Raises the elector's start error in the calling thread (for example
@@ -142,6 +143,10 @@ class BackgroundElector:
         through ``fork()`` (create a new one in the child), and
         :class:`~fastelect.FastelectError` if starting takes longer than
         ``timeout`` seconds (None: wait as long as it takes).
+
+        ``wait_for_store`` keeps trying an unreachable store for that many
+        seconds first (see :meth:`Elector.start`); make ``timeout`` longer, or
+        None, when you use it.
         """
         with self._lifecycle:
             if os.getpid() != self._made_pid:
@@ -156,6 +161,7 @@ class BackgroundElector:
             self._start_error = None
             self._abandoned = False
             self._pid = os.getpid()
+            self._wait_for_store = wait_seconds("wait_for_store", wait_for_store)
             thread = threading.Thread(
                 target=self._thread_main,
                 args=(ready,),
@@ -365,7 +371,7 @@ class BackgroundElector:
             election=self._election,
         )
         self._elector = elector
-        await elector.start()
+        await elector.start(wait_for_store=self._wait_for_store)
 
     async def _shutdown(self) -> None:
         if self._elector is not None:

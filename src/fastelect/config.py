@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Duration", "ElectorConfig", "Hook", "NewLeaderHook", "to_seconds"]
+__all__ = ["Duration", "ElectorConfig", "Hook", "NewLeaderHook", "to_seconds", "wait_seconds"]
 
 #: A duration: float seconds or a timedelta.
 Duration = float | int | timedelta
@@ -71,6 +71,16 @@ def to_seconds(field: str, value: Duration | None) -> float:
         raise ConfigError(field, f"must be finite, not {seconds}")
     if seconds > MAX_DURATION:
         raise ConfigError(field, f"must be at most {MAX_DURATION:g} s (24 h), not {seconds:g}")
+    return seconds
+
+
+def wait_seconds(field: str, value: Duration) -> float:
+    """A bound on waiting: seconds >= 0 up to 24 h, or ``math.inf`` for ever."""
+    if isinstance(value, float) and value == math.inf:
+        return value
+    seconds = to_seconds(field, value)
+    if seconds < 0:
+        raise ConfigError(field, f"must be >= 0 seconds, not {seconds:g}")
     return seconds
 
 

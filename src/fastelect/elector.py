@@ -33,7 +33,9 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -46,7 +48,7 @@ from ._core import Action, Campaign, Event, LeadershipTable
 from ._hook_threads import HooksStuck, HookThreads
 from ._logfold import LogFold, folded_suffix
 from ._stepping import Stepper
-from .config import ElectorConfig
+from .config import Duration, ElectorConfig, wait_seconds
 from .errors import (
     ConfigError,
     FastelectError,
@@ -55,6 +57,7 @@ from .errors import (
     RecordError,
     StorageAuthError,
     StorageError,
+    StorageUnavailable,
 )
 from .peer import PeerChecker
 from .record import parse_record, record_term
@@ -95,6 +98,12 @@ class LeadershipStatus:
     #: Why the elector's background task died ("" while it runs or after a
     #: clean stop); ``stop()`` raises that failure.
     failure: str = ""
+
+
+# start(wait_for_store=...): the pause after the first failed check, and the cap.
+_FIRST_STORE_RETRY = 0.1
+_LAST_STORE_RETRY = 5.0
+_jitter = random.Random()
 
 
 class _HookTimeout(TimeoutError):
@@ -349,11 +358,18 @@ class Elector(_core.LeaseHolder):
             failure="" if self._failure is None else _describe(self._failure),
         )
 
-    async def start(self) -> None:
+    async def start(self, *, wait_for_store: Duration = 0.0) -> None:
         """Check the storage, then campaign in a background task.
 
         Raises the storage's typed error (missing bucket, bad credentials) at
         once instead of retrying forever, and LifecycleError if running.
+
+        ``wait_for_store`` (seconds; ``math.inf`` for ever) keeps trying a
+        store that cannot be reached (:class:`~fastelect.StorageUnavailable`:
+        refused, reset, timed out) for services that start before it: after
+        0.1 s, then twice as long each time up to 5 s, with jitter, a WARNING
+        per attempt.  A missing bucket or refused credentials still fail at
+        once: waiting would not mend them.
         """
         if self._forked():
             raise LifecycleError(
@@ -361,7 +377,7 @@ class Elector(_core.LeaseHolder):
             )
         if self.running:
             raise LifecycleError(f"elector {self._config.server_id!r} is already running")
-        await self._storage.check()
+        await self._check_store(wait_seconds("wait_for_store", wait_for_store))
         if self._sched is not None:
             self._start_scheduled()
             return
@@ -442,6 +458,46 @@ class Elector(_core.LeaseHolder):
         failure, self._failure = self._failure, None
         if failure is not None:
             raise failure
+
+    async def _check_store(self, wait: float) -> None:
+        if wait <= 0:
+            await self._storage.check()
+            return
+        give_up = time.monotonic() + wait
+        pause = _FIRST_STORE_RETRY
+        attempt = 0
+        while True:
+            try:
+                await self._storage.check()
+            except StorageUnavailable as exc:
+                attempt += 1
+                left = give_up - time.monotonic()
+                if left <= 0:
+                    raise
+                delay = min(left, pause * (1.0 + _jitter.random() / 4))
+                self._log.warning(
+                    "%s cannot reach the store for %s at start (attempt %d): %s; next try in"
+                    " %.1f s%s",
+                    self._config.server_id,
+                    self._where,
+                    attempt,
+                    exc,
+                    delay,
+                    "" if wait == math.inf else f", giving up in {left:.0f} s",
+                    extra=self._extra,
+                )
+                await asyncio.sleep(delay)
+                pause = min(pause * 2, _LAST_STORE_RETRY)
+                continue
+            if attempt:
+                self._log.info(
+                    "%s reached the store for %s after %d failed attempts",
+                    self._config.server_id,
+                    self._where,
+                    attempt,
+                    extra=self._extra,
+                )
+            return
 
     async def _run_guarded(self) -> None:
         """``_run``, failing loudly inside the task.
