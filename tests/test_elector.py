@@ -537,3 +537,24 @@ async def test_update_config_applies_timings_but_not_identity() -> None:
         assert elector.is_leader()
     finally:
         await elector.stop()
+
+
+async def test_on_new_leader_gets_no_id_when_the_leader_released(tmp_path: Path) -> None:
+    # A released record keeps the id of the leader that left: passing it on
+    # told followers the departed node still led.
+    storage = FileStorage(tmp_path)
+    seen: list[str] = []
+    a = Elector(fast_config("a"), storage)
+    b = Elector(fast_config("b", on_new_leader=seen.append), storage)
+    try:
+        await a.start()
+        await asyncio.wait_for(a.wait_for_leadership(), 5)
+        await b.start()
+        await wait_until(lambda: seen == ["a"], 5, f"b never saw a lead: {seen}")
+        await a.stop()  # releases
+        await asyncio.wait_for(b.wait_for_leadership(), 5)
+        await wait_until(lambda: seen[-1:] == ["b"], 5, f"b's own leadership not reported: {seen}")
+        assert seen == ["a", "", "b"], seen
+    finally:
+        await a.stop()
+        await b.stop()

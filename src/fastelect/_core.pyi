@@ -269,6 +269,9 @@ class Campaign:
     @property
     def obs_nonce(self) -> str: ...
     @property
+    def obs_released(self) -> bool:
+        """The last record read was released (its leaderID is the leader that left)."""
+    @property
     def duplicate_nonce(self) -> str: ...
     @property
     def pending_lease_ms(self) -> int: ...

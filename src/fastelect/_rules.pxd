@@ -35,7 +35,7 @@ cdef class Campaign:
     cdef bint obs_known
     cdef bint obs_missing
     cdef bint obs_garbage
-    cdef bint obs_released
+    cdef readonly bint obs_released
     cdef readonly str obs_etag
     cdef readonly str obs_nonce
     cdef readonly str leader_id

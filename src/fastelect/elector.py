@@ -1145,8 +1145,10 @@ class Elector(_core.LeaseHolder):
         ):
             self._arm_expiry(c.deadline_ns)
         if events & Event.EV_NEW_LEADER:
-            self._log.debug("leader of %s is now %r", self._where, c.leader_id, extra=self._extra)
-            self._enqueue("on_new_leader", self._config.on_new_leader, c.leader_id)
+            # A released record keeps the id of the leader that left: nobody leads.
+            leader = "" if c.obs_released and c.role != _core.Role.LEADER else c.leader_id
+            self._log.debug("leader of %s is now %r", self._where, leader, extra=self._extra)
+            self._enqueue("on_new_leader", self._config.on_new_leader, leader)
         changes = Event.EV_NEW_LEADER | Event.EV_ACQUIRED | Event.EV_LOST
         if events & changes and self._changed is not None:
             # Wake every waiter of this change; later waiters wait for the next one.
