@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-import fastelect.storage
 from elector_helpers import fast_config
 from fastelect import Elector
 from fastelect.cli.stores import parse_store_url
@@ -31,13 +30,11 @@ from fastelect.errors import (
     StorageReadOnly,
     StorageUnavailable,
 )
-from fastelect.record import parse_record
 from fastelect.storage import FileStorage
 from fastelect.storage._io_threads import IOThreads
 from helpers import wait_until
 
 KEY = "election/cluster"
-_SITE = str(Path(fastelect.storage.__file__).resolve().parents[2])
 
 
 # -- one directory, one lock ---------------------------------------------------
@@ -343,47 +340,6 @@ async def test_a_failing_call_raises_in_the_caller() -> None:
     with pytest.raises(OSError, match="boom"):
         await io.run(fail)
     io.close()
-
-
-_EXIT_NODE = """
-import sys, time
-from fastelect import BackgroundElector, ElectorConfig
-from fastelect.storage import FileStorage
-
-config = ElectorConfig(
-    "leader.json", "exit-node", "127.0.0.1:9",
-    frequent_interval=0.05, infrequent_interval=0.05, leader_timeout=30.0,
-    storage_timeout=1.0,
-)
-elector = BackgroundElector(config, lambda: FileStorage(sys.argv[1]))
-elector.start()
-deadline = time.monotonic() + 10
-while not elector.is_leader():
-    if time.monotonic() > deadline:
-        sys.exit("never led")
-    time.sleep(0.01)
-print("leading", flush=True)
-# Falls off the end: no stop(); only the atexit release can free the lock.
-"""
-
-
-def test_background_elector_releases_at_interpreter_exit(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", _EXIT_NODE, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONPATH": _SITE},
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "leading"
-    assert "cannot schedule new futures" not in result.stderr, result.stderr
-    raw = (tmp_path / "leader.json").read_bytes()
-    record = parse_record(raw.split(b"\n", 1)[1])
-    # Released: anyone may take it now, instead of waiting out the 30 s lease.
-    assert record.leader_id == "exit-node"
-    assert record.released, raw
 
 
 # -- read-only filesystems -----------------------------------------------------

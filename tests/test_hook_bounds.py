@@ -72,13 +72,30 @@ async def test_six_hung_sync_hooks_starve_nothing_and_the_node_leads_again(
         nonlocal calm_lost
         calm_lost += 1
 
+    # Leases far longer than the hooks' bound, so a loaded machine's stalls
+    # end no leadership: each one here ends by its hook's failure alone, and
+    # the neighbour would lose only if its I/O waited behind the hung hooks.
+    # (The hung node waits a lease after each release before it campaigns
+    # again: 0.6 s keeps six rounds short.)
     hung = Elector(
-        fast_config("hung", "hung.json", hook_timeout=0.1, on_acquire=hang, on_lose=lost),
+        fast_config(
+            "hung",
+            "hung.json",
+            hook_timeout=0.1,
+            on_acquire=hang,
+            on_lose=lost,
+            leader_timeout=0.6,
+            storage_timeout=0.2,
+        ),
         storage,
         scheduler=scheduler,
     )
     calm = Elector(
-        fast_config("calm", "calm.json", on_lose=calm_lost_it), storage, scheduler=scheduler
+        fast_config(
+            "calm", "calm.json", on_lose=calm_lost_it, leader_timeout=1.5, storage_timeout=0.5
+        ),
+        storage,
+        scheduler=scheduler,
     )
     try:
         await calm.start()

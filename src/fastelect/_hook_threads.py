@@ -27,20 +27,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from ._futures import settle
+
 __all__ = ["HookThreads", "HooksStuck"]
 
 
 class HooksStuck(TimeoutError):
     """A hook was not started: too many earlier ones still run past their timeout."""
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():  # the hook's timeout ran out and its awaiter left
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class HookThreads:
@@ -116,4 +109,4 @@ class HookThreads:
                 self._running -= 1
         # RuntimeError: the loop closed while the hook ran; nobody waits any more.
         with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, future, result, error)
+            loop.call_soon_threadsafe(settle, future, result, error)

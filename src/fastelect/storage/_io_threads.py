@@ -31,6 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from .._futures import settle
 from ..errors import StorageUnavailable
 
 __all__ = ["IOThreads"]
@@ -52,16 +53,6 @@ class _Job(Generic[T]):
         self.args = args
         self.future = future
         self.loop = loop
-
-
-def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    # Runs on the loop: the waiter may have been cancelled meanwhile.
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
 
 
 class IOThreads:
@@ -177,5 +168,5 @@ class IOThreads:
             except BaseException as exc:
                 error = exc
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+                job.loop.call_soon_threadsafe(settle, job.future, result, error)
             del job, result, error
