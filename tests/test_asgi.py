@@ -1,0 +1,303 @@
+"""The ASGI recipe of docs/asgi.md under real uvicorn and gunicorn servers.
+
+Two servers of ``examples/asgi_app.py``, each with two worker processes, share
+one store (a FileStorage directory, or a bucket on the session's moto server):
+exactly one worker of one server leads; SIGTERM to that server's master
+releases the lock record within 2 s; the other server takes over within one
+poll. Every server is started in a session of its own and its whole process
+group is killed in teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastelect.record import LockRecord, parse_record
+from helpers import boto3_client, free_port, wait_for, wait_for_http
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+BIN = Path(sys.executable).parent
+LOCK = "myapp-leader.json"
+WORKERS = 2
+#: infrequent_interval: a stable follower reads the record once per poll.
+POLL = 0.5
+TIMINGS = {
+    "LOCK_FREQUENT_INTERVAL": "0.1",
+    "LOCK_INFREQUENT_INTERVAL": str(POLL),
+    "LOCK_LEADER_TIMEOUT": "2",
+}
+#: One read and one write on top of the poll, on a loaded two-core box.
+STORAGE_ROUND_TRIP = 1.0
+
+
+@dataclass
+class Store:
+    """Where the servers keep the lock: the environment they get and a reader of the record."""
+
+    env: dict[str, str]
+    read: Callable[[], bytes | None]
+
+    def record(self) -> LockRecord | None:
+        body = self.read()
+        return None if body is None else parse_record(body)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "file":
+        directory = tmp_path / "store"
+        directory.mkdir()
+        path = directory / LOCK
+
+        def read_file() -> bytes | None:
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                return None
+            return data.split(b"\n", 1)[1]  # after FileStorage's header line
+
+        return Store({"LOCK_DIR": str(directory)}, read_file)
+    url: str = request.getfixturevalue("moto_server")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    prefix = f"asgi-{uuid.uuid4().hex}"
+    client = boto3_client("s3", url)
+    request.addfinalizer(client.close)
+
+    def read_object() -> bytes | None:
+        try:
+            body: bytes = client.get_object(Bucket=bucket, Key=f"{prefix}/{LOCK}")["Body"].read()
+        except client.exceptions.NoSuchKey:
+            return None
+        return body
+
+    env = {"LOCK_BUCKET": bucket, "LOCK_PREFIX": prefix, "AWS_ENDPOINT_URL": url}
+    return Store(env, read_object)
+
+
+def uvicorn_argv(port: int) -> list[str]:
+    return [
+        str(BIN / "uvicorn"),
+        *("--app-dir", str(EXAMPLES), "--host", "127.0.0.1", "--port", str(port)),
+        *("--workers", str(WORKERS), "asgi_app:app"),
+    ]
+
+
+def gunicorn_argv(port: int) -> list[str]:
+    return [
+        str(BIN / "gunicorn"),
+        *("--pythonpath", str(EXAMPLES), "-b", f"127.0.0.1:{port}"),
+        *("-k", "uvicorn.workers.UvicornWorker", "-w", str(WORKERS), "asgi_app:app"),
+    ]
+
+
+SERVERS = {"uvicorn": uvicorn_argv, "gunicorn": gunicorn_argv}
+
+
+class Server:
+    """One server (master and workers) in a process group of its own, on a free port."""
+
+    def __init__(self, argv: Callable[[int], list[str]], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        for _attempt in range(3):  # another process may take the free port first
+            port = free_port()
+            self.url = f"http://127.0.0.1:{port}"
+            with open(log, "ab") as out:
+                self.proc = subprocess.Popen(
+                    argv(port),
+                    cwd=log.parent,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            try:
+                wait_for_http(f"{self.url}/leader", timeout=60, proc=self.proc)
+                return
+            except AssertionError:
+                self.kill()
+                if b"in use" not in log.read_bytes():
+                    raise AssertionError(f"{argv(port)[0]} did not serve:\n{self.tail()}") from None
+        raise AssertionError(f"no free port after 3 attempts:\n{self.tail()}")
+
+    @property
+    def pgid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid  # start_new_session: the master leads its group
+
+    def owns(self, pid: int) -> bool:
+        """Is ``pid`` one of this server's processes?"""
+        try:
+            return os.getpgid(pid) == self.pgid
+        except ProcessLookupError:
+            return False
+
+    def members(self) -> set[int]:
+        """The pids of this server's processes now (master and workers)."""
+        pids = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # gone meanwhile
+            if int(fields[2]) == self.pgid:  # state, ppid, pgrp, ...
+                pids.add(int(stat.parent.name))
+        return pids
+
+    def leader(self) -> dict[str, Any]:
+        """``GET /leader``, answered by whichever worker accepts the connection."""
+        with urllib.request.urlopen(f"{self.url}/leader", timeout=5) as response:
+            answer: dict[str, Any] = json.load(response)
+            return answer
+
+    def group_gone(self) -> bool:
+        try:
+            os.killpg(self.pgid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    def tail(self, size: int = 4000) -> str:
+        return self.log.read_bytes()[-size:].decode(errors="replace")
+
+    def kill(self) -> None:
+        """Kill and reap the whole process group (a no-op once it is gone)."""
+        if self.proc is None:
+            return
+        for sig in (signal.SIGCONT, signal.SIGKILL):
+            try:
+                os.killpg(self.pgid, sig)
+            except ProcessLookupError:
+                break
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[[str, dict[str, str]], Server]]:
+    servers: list[Server] = []
+
+    def start(kind: str, store_env: dict[str, str]) -> Server:
+        # HOME: gunicorn's control socket lives in ~/.gunicorn; two servers must not share it.
+        home = tmp_path / f"home-{len(servers)}"
+        home.mkdir()
+        env = {**os.environ, **TIMINGS, **store_env, "HOME": str(home)}
+        env.pop("PYTHONPATH", None)
+        server = Server(SERVERS[kind], env, tmp_path / f"{kind}-{len(servers)}.log")
+        servers.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in servers:
+            server.kill()
+
+
+def worker_pid(server_id: str) -> int:
+    """The pid in the example's per-worker id, hostname-pid."""
+    return int(server_id.rsplit("-", 1)[1])
+
+
+def leading(store: Store) -> LockRecord | None:
+    record = store.record()
+    return record if record is not None and not record.released else None
+
+
+def released_record(store: Store) -> LockRecord | None:
+    record = store.record()
+    return record if record is not None and record.released else None
+
+
+def agrees(server: Server, leader_id: str) -> bool:
+    """The answering worker knows ``leader_id`` leads, and leads itself only if it is that one."""
+    answer = server.leader()
+    if answer["leader_id"] != leader_id:
+        return False
+    me = answer["id"] == leader_id
+    assert answer["is_leader"] is me, answer
+    # The leader-only job runs in the leader's worker and nowhere else.
+    return not me or answer["job_term"] == answer["term"]
+
+
+@pytest.mark.parametrize("kind", sorted(SERVERS))
+def test_one_server_leads_and_a_sigterm_hands_over(
+    kind: str, store: Store, start_server: Callable[[str, dict[str, str]], Server]
+) -> None:
+    servers = [start_server(kind, store.env), start_server(kind, store.env)]
+    first = wait_for(lambda: leading(store), 30, "no worker of either server took the lock")
+    pid = worker_pid(first.leader_id)
+    owners = [server for server in servers if server.owns(pid)]
+    assert len(owners) == 1, f"{first.leader_id} belongs to {len(owners)} of the two servers"
+    leader, follower = owners[0], next(s for s in servers if s is not owners[0])
+    members = leader.members()
+    # uvicorn's spawned workers come with multiprocessing's resource tracker.
+    assert len(members) >= 1 + WORKERS, f"{kind} runs {members}: not a master and {WORKERS} workers"
+    for server in servers:
+        for _ in range(2 * WORKERS):  # whichever workers answer, each agrees
+            wait_for(
+                lambda server=server: agrees(server, first.leader_id),
+                10,
+                f"{server.url} does not know that {first.leader_id} leads",
+                every=0.05,
+            )
+
+    # The follower holds still while the leader stops, so the released record
+    # stays for the test to read (a running follower may take it over at once).
+    os.killpg(follower.pgid, signal.SIGSTOP)
+    try:
+        signalled = time.monotonic()
+        os.kill(leader.pgid, signal.SIGTERM)  # the master only, as a supervisor sends it
+        released = wait_for(
+            lambda: released_record(store),
+            10,
+            f"the record was not released after SIGTERM to {kind}'s master:\n{leader.tail()}",
+        )
+        took = time.monotonic() - signalled
+        assert took <= 2.0, f"the record was released {took:.2f} s after SIGTERM, not within 2 s"
+        # The leader's release, or that of a sibling worker that took the lock
+        # while shutting down, and released it in turn.
+        assert worker_pid(released.leader_id) in members, (members, released)
+        assert released.term >= first.term, (first, released)
+        assert leader.proc is not None
+        leader.proc.wait(timeout=30)
+        wait_for(leader.group_gone, 10, f"{kind}'s workers outlived their master")
+        # A sibling worker still shutting down may have taken the lock meanwhile;
+        # it released it too.
+        gone = store.record()
+        assert gone is not None and gone.released, f"not released once the server exited: {gone}"
+    finally:
+        os.killpg(follower.pgid, signal.SIGCONT)
+    resumed = time.monotonic()
+    log = leader.tail(20_000)
+    assert "Application shutdown complete" in log and "Traceback" not in log, log
+
+    new = wait_for(
+        lambda: leading(store), POLL + 10, "no worker of the other server took over", every=0.005
+    )
+    took = time.monotonic() - resumed
+    bound = POLL + STORAGE_ROUND_TRIP
+    assert took <= bound, f"the other server took over {took:.2f} s after resuming (> {bound} s)"
+    assert follower.owns(worker_pid(new.leader_id)), new
+    assert new.term > gone.term, (gone, new)
+    wait_for(
+        lambda: agrees(follower, new.leader_id),
+        10,
+        f"{follower.url} does not know that {new.leader_id} leads",
+        every=0.05,
+    )
