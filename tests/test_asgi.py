@@ -56,21 +56,25 @@ class Store:
         return None if body is None else parse_record(body)
 
 
+def file_store(directory: Path, key: str) -> Store:
+    """A FileStorage directory, made here, and a reader of ``key`` in it."""
+    directory.mkdir()
+    path = directory / key
+
+    def read_file() -> bytes | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return data.split(b"\n", 1)[1]  # after FileStorage's header line
+
+    return Store({"LOCK_DIR": str(directory)}, read_file)
+
+
 @pytest.fixture(params=["file", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "file":
-        directory = tmp_path / "store"
-        directory.mkdir()
-        path = directory / LOCK
-
-        def read_file() -> bytes | None:
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                return None
-            return data.split(b"\n", 1)[1]  # after FileStorage's header line
-
-        return Store({"LOCK_DIR": str(directory)}, read_file)
+        return file_store(tmp_path / "store", LOCK)
     url: str = request.getfixturevalue("moto_server")
     bucket: str = request.getfixturevalue("s3_bucket")
     prefix = f"asgi-{uuid.uuid4().hex}"
@@ -110,7 +114,14 @@ SERVERS = {"uvicorn": uvicorn_argv, "gunicorn": gunicorn_argv}
 class Server:
     """One server (master and workers) in a process group of its own, on a free port."""
 
-    def __init__(self, argv: Callable[[int], list[str]], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        argv: Callable[[int], list[str]],
+        env: dict[str, str],
+        log: Path,
+        *,
+        path: str = "/leader",
+    ) -> None:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
@@ -128,7 +139,7 @@ class Server:
                     start_new_session=True,
                 )
             try:
-                wait_for_http(f"{self.url}/leader", timeout=60, proc=self.proc)
+                wait_for_http(f"{self.url}{path}", timeout=60, proc=self.proc)
                 return
             except AssertionError:
                 self.kill()
@@ -301,3 +312,80 @@ def test_one_server_leads_and_a_sigterm_hands_over(
         f"{follower.url} does not know that {new.leader_id} leads",
         every=0.05,
     )
+
+
+# docs/sync-apps.md's gunicorn recipe, with the store made a local directory.
+POST_FORK_CONF = """
+import os, socket
+from fastelect import BackgroundElector, ElectorConfig, FileStorage
+
+_elector = None
+workers = 1
+
+def post_fork(server, worker):
+    global _elector
+    config = ElectorConfig(
+        "reports.json", server_id=f"{socket.gethostname()}-{os.getpid()}",
+        frequent_interval=0.1, infrequent_interval=0.5, leader_timeout=30,
+    )
+    _elector = BackgroundElector(config, lambda: FileStorage(os.environ["LOCK_DIR"]))
+    _elector.start()
+
+def worker_exit(server, worker):
+    if _elector is not None:
+        _elector.stop()
+"""
+
+# A WSGI app for gunicorn's sync worker and an ASGI one for uvicorn's, both of one route.
+APPS = """
+def wsgi(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+async def asgi(scope, receive, send):
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+@pytest.mark.parametrize(
+    ("worker_class", "app", "releases"),
+    [("sync", "wsgi", True), ("uvicorn.workers.UvicornWorker", "asgi", False)],
+    ids=["sync", "uvicorn-worker"],
+)
+def test_the_post_fork_recipe_releases_under_sync_workers_only(
+    worker_class: str, app: str, releases: bool, tmp_path: Path
+) -> None:
+    """What docs/asgi.md says: under UvicornWorker, worker_exit never runs.
+
+    uvicorn re-raises SIGTERM after its own shutdown, so the worker dies by
+    the signal, before gunicorn's worker_exit hook or atexit, and the lock
+    waits out its lease (30 s here).
+    """
+    (tmp_path / "gunicorn.conf.py").write_text(POST_FORK_CONF)
+    (tmp_path / "apps.py").write_text(APPS)
+    store = file_store(tmp_path / "store", "reports.json")
+
+    def argv(port: int) -> list[str]:
+        return [
+            str(BIN / "gunicorn"),
+            *("-c", "gunicorn.conf.py", "--pythonpath", str(tmp_path)),
+            *("-b", f"127.0.0.1:{port}", "-k", worker_class, f"apps:{app}"),
+        ]
+
+    env = {**os.environ, **store.env, "HOME": str(tmp_path)}
+    env.pop("PYTHONPATH", None)
+    server = Server(argv, env, tmp_path / "gunicorn.log", path="/")
+    try:
+        held = wait_for(lambda: leading(store), 30, f"the worker never led:\n{server.tail()}")
+        assert server.owns(worker_pid(held.leader_id)), held
+        os.kill(server.pgid, signal.SIGTERM)
+        assert server.proc is not None
+        server.proc.wait(timeout=15)
+        wait_for(server.group_gone, 10, "the worker outlived its master")
+    finally:
+        server.kill()
+    after = store.record()
+    assert after is not None and after.leader_id == held.leader_id, after
+    assert after.released is releases, f"{worker_class}: released={after.released}\n{server.tail()}"
