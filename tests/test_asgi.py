@@ -4,8 +4,13 @@ Two servers of ``examples/asgi_app.py``, each with two worker processes, share
 one store (a FileStorage directory, or a bucket on the session's moto server):
 exactly one worker of one server leads; SIGTERM to that server's master
 releases the lock record within 2 s; the other server takes over within one
-poll. Every server is started in a session of its own and its whole process
-group is killed in teardown.
+poll. The other server is paused (SIGSTOP) while the leader stops, so the
+released record is there for the test to read, and its takeover is timed
+from its resumption. And docs/sync-apps.md's post_fork/worker_exit recipe
+releases under gunicorn's sync worker but not under UvicornWorker.
+
+Every server is started in a session of its own and its whole process group
+is killed and reaped in teardown.
 """
 
 from __future__ import annotations
@@ -269,7 +274,8 @@ def test_one_server_leads_and_a_sigterm_hands_over(
             )
 
     # The follower holds still while the leader stops, so the released record
-    # stays for the test to read (a running follower may take it over at once).
+    # stays for the test to read: a running follower could take it over at its
+    # next poll, before the test looked.
     os.killpg(follower.pgid, signal.SIGSTOP)
     try:
         signalled = time.monotonic()
