@@ -6,8 +6,10 @@ exactly one worker of one server leads; SIGTERM to that server's master
 releases the lock record within 2 s; the other server takes over within one
 poll. The other server is paused (SIGSTOP) while the leader stops, so the
 released record is there for the test to read, and its takeover is timed
-from its resumption. And docs/sync-apps.md's post_fork/worker_exit recipe
-releases under gunicorn's sync worker but not under UvicornWorker.
+from its resumption. docs/sync-apps.md's post_fork/worker_exit recipe
+releases under gunicorn's sync worker but not under UvicornWorker. And the
+workers of ``examples/asgi_host_app.py`` answer a ``fastelect run --shm``
+sidecar's leadership.
 
 Every server is started in a session of its own and its whole process group
 is killed and reaped in teardown.
@@ -395,3 +397,54 @@ def test_the_post_fork_recipe_releases_under_sync_workers_only(
     after = store.record()
     assert after is not None and after.leader_id == held.leader_id, after
     assert after.released is releases, f"{worker_class}: released={after.released}\n{server.tail()}"
+
+
+def host_app_argv(port: int) -> list[str]:
+    return [
+        str(BIN / "uvicorn"),
+        *("--app-dir", str(EXAMPLES), "--host", "127.0.0.1", "--port", str(port)),
+        *("--workers", str(WORKERS), "asgi_host_app:app"),
+    ]
+
+
+def test_uvicorn_workers_read_the_host_elector(tmp_path: Path) -> None:
+    """examples/asgi_host_app.py's workers answer the sidecar's leadership, and follow its stop."""
+    name = f"asgi-{uuid.uuid4().hex[:10]}"
+    store = file_store(tmp_path / "store", "leader.json")
+    env = {**os.environ, "LOCK_SHM": name}
+    env.pop("PYTHONPATH", None)
+    sidecar = subprocess.Popen(
+        [
+            *(str(BIN / "fastelect"), "run", "--store", f"file://{tmp_path / 'store'}"),
+            *("--id", "host-a", "--shm", name, "-q", "--leader-timeout", "2"),
+            *("--frequent-interval", "0.1", "--infrequent-interval", "0.5"),
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    server: Server | None = None
+    try:
+        server = Server(host_app_argv, env, tmp_path / "uvicorn.log")
+        wait_for(lambda: leading(store), 30, "the sidecar never led")
+
+        def answers(expected: bool) -> bool:
+            """2 x WORKERS answers in a row say ``expected`` (a worker re-checks once a second)."""
+            assert server is not None
+            return all(server.leader()["is_leader"] is expected for _ in range(2 * WORKERS))
+
+        wait_for(lambda: answers(True), 10, "the workers never saw the host's leadership")
+        sidecar.send_signal(signal.SIGTERM)
+        _, err = sidecar.communicate(timeout=30)
+        assert sidecar.returncode == 0, err
+        assert released_record(store), store.record()
+        # No elector now: the closed table answers False, in every worker, at once.
+        assert answers(False)
+    finally:
+        if server is not None:
+            server.kill()
+        if sidecar.poll() is None:
+            os.killpg(sidecar.pid, signal.SIGKILL)
+            sidecar.communicate()
+    assert not Path(f"/dev/shm/fastelect.{name}").exists()

@@ -499,12 +499,18 @@ def asgi_app(block: Block, ctx: Ctx) -> None:
 
 
 def asgi_host(block: Block, ctx: Ctx) -> None:
-    """A worker's route answers the host elector's leadership, and False once it stopped."""
+    """The page shows examples/asgi_host_app.py; its route answers the host elector's leadership.
+
+    tests/test_asgi.py runs the same file under uvicorn beside a sidecar.
+    """
+    example = (ROOT / "examples" / "asgi_host_app.py").read_text()
+    assert block.code == example, "docs/asgi.md's host app is not examples/asgi_host_app.py"
     name = shm_name()
     (ctx.tmp / "store").mkdir()
+    ctx.env["LOCK_SHM"] = name
     run_python(
         ctx,
-        substitute(block.code, {'HostLeadership("myapp")': f'HostLeadership("{name}")'}),
+        block.code,
         epilogue=f"""
             import asyncio
             from fastelect import Elector, ElectorConfig, FileStorage, LeadershipTable
