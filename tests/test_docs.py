@@ -441,8 +441,9 @@ print("ok")
 def gunicorn(block: Block, ctx: Ctx) -> None:
     """gunicorn's hooks, called as gunicorn calls them: a worker leads, and releases on exit.
 
-    gunicorn itself is not installed in the test environment; its master and
-    forks are not run here, the hooks and the module are.
+    The hooks and the module run here; tests/test_asgi.py runs the same
+    recipe under a real gunicorn master (sync workers release, UvicornWorker
+    does not, as docs/asgi.md says).
     """
     ctx.s3()
     files = split_files(block.code)
@@ -455,6 +456,82 @@ def gunicorn(block: Block, ctx: Ctx) -> None:
     done = run_python(ctx, GUNICORN_DRIVER)
     assert done.stdout == "ok\n"
     assert ctx.record("locks/reports.json")["lastUpdated"] == RELEASED
+
+
+ASGI_DRIVER = """
+import asyncio
+from types import SimpleNamespace
+
+import asgi_app
+
+async def main() -> None:
+    app = asgi_app.app
+    async with asgi_app.lifespan(app):  # what a worker runs at startup and shutdown
+        elector = app.state.elector
+        async with asyncio.timeout(20):
+            await elector.wait_for_leadership()
+            while app.state.job_term != elector.term:  # the leader-only job started
+                await asyncio.sleep(0.01)
+        answer = await asgi_app.leader(SimpleNamespace(app=app))
+        assert answer["is_leader"] and answer["leader_id"] == answer["id"], answer
+        print("led with term", answer["job_term"])
+    assert not elector.is_leader() and app.state.job_term is None
+
+asyncio.run(main())
+"""
+
+
+def asgi_app(block: Block, ctx: Ctx) -> None:
+    """The page shows examples/asgi_app.py itself; one worker's lifespan runs it on S3 here.
+
+    The worker leads, its leader-only job runs, and leaving the lifespan
+    releases the lock. tests/test_asgi.py runs the same file under real
+    uvicorn and gunicorn servers.
+    """
+    example = (ROOT / "examples" / "asgi_app.py").read_text()
+    assert block.code == example, "docs/asgi.md's app is not examples/asgi_app.py; copy it over"
+    ctx.s3()
+    (ctx.tmp / "asgi_app.py").write_text(block.code)
+    ctx.env.update(PYTHONPATH=str(ctx.tmp), LOCK_BUCKET=DOC_BUCKET)
+    done = run_python(ctx, ASGI_DRIVER)
+    assert done.stdout == "led with term 1\n", done.stdout
+    assert ctx.record("locks/myapp-leader.json")["lastUpdated"] == RELEASED
+
+
+def asgi_host(block: Block, ctx: Ctx) -> None:
+    """The page shows examples/asgi_host_app.py; its route answers the host elector's leadership.
+
+    tests/test_asgi.py runs the same file under uvicorn beside a sidecar.
+    """
+    example = (ROOT / "examples" / "asgi_host_app.py").read_text()
+    assert block.code == example, "docs/asgi.md's host app is not examples/asgi_host_app.py"
+    name = shm_name()
+    (ctx.tmp / "store").mkdir()
+    ctx.env["LOCK_SHM"] = name
+    run_python(
+        ctx,
+        block.code,
+        epilogue=f"""
+            import asyncio
+            from fastelect import Elector, ElectorConfig, FileStorage, LeadershipTable
+
+            async def host_elector() -> None:  # what `fastelect run --shm NAME` does
+                storage = FileStorage({str(ctx.tmp / "store")!r})
+                config = ElectorConfig("l.json", "host-a")
+                with LeadershipTable({name!r}) as table:
+                    async with Elector(config, storage, table=table) as elector:
+                        await elector.wait_for_leadership()
+                        async with asyncio.timeout(10):  # a worker re-checks once a second
+                            while not (await leader())["is_leader"]:
+                                await asyncio.sleep(0.025)
+                await storage.close()
+                assert not (await leader())["is_leader"], "the stopped elector still leads"
+
+            assert not asyncio.run(leader())["is_leader"]  # no elector on the host yet
+            asyncio.run(host_elector())
+        """,
+    )
+    assert not Path(f"/dev/shm/fastelect.{name}").exists()
 
 
 DJANGO_DRIVER = """
@@ -652,6 +729,8 @@ HANDLERS: dict[str, Callable[[Block, Ctx], None]] = {
     "background-threads": background_threads,
     "host-leadership": host_leadership,
     "gunicorn": gunicorn,
+    "asgi-app": asgi_app,
+    "asgi-host": asgi_host,
     "django": django,
     "status-sh": status_sh,
     "tradeoffs": tradeoffs,
