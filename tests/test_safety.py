@@ -68,10 +68,15 @@ async def test_duplicate_ids_end_with_one_leader_and_report_the_clash(
         )
         assert other.slot.status()["counters"]["duplicate_ids"] >= 1
         await asyncio.sleep(4 * T)  # more renewals: still reported only once
-        clashes = [r for r in caplog.records if "under this elector's id" in r.getMessage()]
-        assert len(clashes) == 1, [r.getMessage() for r in clashes]
-        message = clashes[0].getMessage()
-        assert "'twin'" in message and leader.nonce in message
+        clashes = [
+            r.getMessage() for r in caplog.records if "under this elector's id" in r.getMessage()
+        ]
+        # Once per elector and clashing incarnation. (On a loaded machine the
+        # lease may pass from one twin to the other meanwhile; then each
+        # reports the other, once.)
+        assert len(clashes) == len(set(clashes)) and len(clashes) <= 2, clashes
+        mine = [m for m in clashes if f"(its nonce {leader.nonce}, ours {other.nonce})" in m]
+        assert len(mine) == 1 and "'twin'" in mine[0], clashes
     finally:
         await stop_all(a, b)
 
