@@ -241,3 +241,19 @@ def test_hostile_records_are_written_and_replaced() -> None:
                 stats[key] = stats.get(key, 0) + n
     assert len(variants) == 3, variants
     assert stats.get("corrupt-replaced", 0) > 0 and stats.get("corrupt-term-kept", 0) > 0, stats
+
+
+def test_hooks_catch_a_driver_that_campaigns_while_hooks_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Half the schedules run hooks, some hung to hook_timeout; a driver that
+    # campaigns while the last leadership's hooks still run (0.1's Elector)
+    # starts on_lose of leadership N inside N+1. Seed 1015 is the first
+    # schedule that shows it (docs/simulator.md).
+    monkeypatch.setattr(world.SimNode, "_campaign_held", lambda self, action: False)
+    with pytest.raises(SimFailure) as info:
+        run_schedule(1015)
+    assert info.value.violation.rule == "hooks", str(info.value)
+    assert "on_lose of leadership" in str(info.value) and "after leadership" in str(info.value)
+    monkeypatch.undo()
+    assert run_schedule(1015).stats.get("campaign-held")

@@ -241,3 +241,61 @@ def test_a_destroyed_term_may_be_reused_once_and_only_upwards() -> None:
     c2.lost(10, 0)
     with pytest.raises(Violation, match=r"\[terms\]"):
         c2.acquired(20, 1, term=4)  # no destruction: no reuse
+
+
+def _led_and_lost(c: Checker) -> None:
+    """n0 leads (leadership 1), then loses it."""
+    c.acquired(0, 0, term=1)
+    c.lost(10 * MS, 0)
+
+
+def test_a_hook_of_a_leadership_after_the_next_began_is_caught() -> None:
+    c = Checker(1, hooks=True)
+    c.acquired(0, 0, term=1)
+    c.hook_started(1 * MS, 0, "on_acquire", 1)
+    c.lost(10 * MS, 0)
+    c.acquired(20 * MS, 0, term=2)  # leadership 2 began before on_lose of 1 ran
+    with pytest.raises(
+        Violation, match=r"\[hooks\].*on_lose of leadership 1 starts after leadership 2"
+    ):
+        c.hook_started(21 * MS, 0, "on_lose", 1)
+    # In order it passes, and the run ends clean.
+    ok = Checker(1, hooks=True)
+    ok.acquired(0, 0, term=1)
+    ok.hook_started(1 * MS, 0, "on_acquire", 1)
+    ok.lost(10 * MS, 0)
+    ok.hook_started(11 * MS, 0, "on_lose", 1)
+    ok.acquired(20 * MS, 0, term=2)
+    ok.hook_started(21 * MS, 0, "on_acquire", 2)
+    ok.lost(30 * MS, 0)
+    ok.hook_started(31 * MS, 0, "on_lose", 2)
+    ok.finished(40 * MS)
+
+
+def test_an_on_acquire_after_its_leadership_ended_is_caught() -> None:
+    c = Checker(1, hooks=True)
+    _led_and_lost(c)
+    with pytest.raises(
+        Violation, match=r"\[hooks\].*on_acquire of leadership 1 starts after it ended"
+    ):
+        c.hook_started(11 * MS, 0, "on_acquire", 1)
+
+
+def test_on_lose_twice_or_never_is_caught() -> None:
+    twice = Checker(1, hooks=True)
+    _led_and_lost(twice)
+    twice.hook_started(11 * MS, 0, "on_lose", 1)
+    with pytest.raises(Violation, match=r"\[hooks\].*on_lose of leadership 1 starts again"):
+        twice.hook_started(12 * MS, 0, "on_lose", 1)
+    never = Checker(1, hooks=True)
+    _led_and_lost(never)
+    with pytest.raises(Violation, match=r"\[hooks\].*on_lose never ran for leadership\(s\) \[1\]"):
+        never.finished(20 * MS)
+    # A crash takes queued hooks with it; without hooks nothing is expected.
+    crashed = Checker(1, hooks=True)
+    _led_and_lost(crashed)
+    crashed.crashed(15 * MS, 0)
+    crashed.finished(20 * MS)
+    quiet = Checker(1)
+    _led_and_lost(quiet)
+    quiet.finished(20 * MS)

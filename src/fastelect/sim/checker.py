@@ -36,16 +36,28 @@ class Checker:
         "_late",
         "_since",
         "acquisitions",
+        "begun",
+        "hooks",
+        "hooks_run",
         "leading",
         "lease_end",
         "lease_term",
+        "lose_due",
         "max_term",
         "max_work_term",
         "terms_reset",
         "work_steps",
     )
 
-    def __init__(self, nodes: int) -> None:
+    def __init__(self, nodes: int, *, hooks: bool = False) -> None:
+        #: The driver runs on_acquire / on_lose (hook_started is fed): every
+        #: leadership that ended by EV_LOST must see its on_lose start, once.
+        self.hooks = hooks
+        #: Leaderships each node has begun (EV_ACQUIRED), numbered from 1.
+        self.begun = [0] * nodes
+        #: Per node: leaderships that ended by EV_LOST and await their on_lose.
+        self.lose_due: list[set[int]] = [set() for _ in range(nodes)]
+        self.hooks_run = 0
         #: True-time end (exclusive) of each node's live lease; 0 = not live.
         self.lease_end = [0] * nodes
         self.lease_term = [0] * nodes
@@ -124,6 +136,7 @@ class Checker:
         self.leading[node] = True
         self.max_term = max(self.max_term, term)
         self.acquisitions += 1
+        self.begun[node] += 1
 
     def terms_destroyed(self, floor: int) -> None:
         """The record was replaced by one with no valid term (not JSON, out of range).
@@ -152,10 +165,50 @@ class Checker:
         if not self.leading[node]:
             raise Violation("hooks", t, f"n{node} got EV_LOST without a leadership to end")
         self.leading[node] = False
+        if self.hooks:
+            self.lose_due[node].add(self.begun[node])
+
+    def hook_started(self, t: int, node: int, kind: str, leadership: int) -> None:
+        """``node``'s hook ``kind`` ("on_acquire" / "on_lose") of its ``leadership``-th
+        leadership starts running at ``t`` (rule 9).
+
+        No hook of leadership N starts after N+1 began; an on_acquire starts
+        only while its leadership lasts; an on_lose only for a leadership
+        that ended, once.
+        """
+        begun = self.begun[node]
+        if leadership != begun:
+            raise Violation(
+                "hooks",
+                t,
+                f"n{node}'s {kind} of leadership {leadership} starts after leadership "
+                f"{begun} began",
+            )
+        if kind == "on_acquire":
+            if not self.leading[node]:
+                raise Violation(
+                    "hooks",
+                    t,
+                    f"n{node}'s on_acquire of leadership {leadership} starts after it ended",
+                )
+        elif leadership in self.lose_due[node]:
+            self.lose_due[node].discard(leadership)
+        else:
+            raise Violation(
+                "hooks",
+                t,
+                f"n{node}'s on_lose of leadership {leadership} starts again, or before it ended",
+            )
+        self.hooks_run += 1
 
     def crashed(self, t: int, node: int) -> None:
-        """The process died: its leadership (if any) ends here, with no hook."""
+        """The process died: its leadership (if any) ends here, with no hook.
+
+        Hooks still queued die with it (rule 9 promises on_lose to a process
+        that lives to run it).
+        """
         self.leading[node] = False
+        self.lose_due[node].clear()
         self.lease_over(t, node)
 
     def role_agrees(self, t: int, node: int, is_leader_role: bool) -> None:
@@ -195,3 +248,8 @@ class Checker:
         for node, leading in enumerate(self.leading):
             if leading:
                 raise Violation("hooks", t, f"n{node}'s leadership never got its EV_LOST (on_lose)")
+        for node, due in enumerate(self.lose_due):
+            if due:
+                raise Violation(
+                    "hooks", t, f"n{node}'s on_lose never ran for leadership(s) {sorted(due)}"
+                )

@@ -63,6 +63,8 @@ COVERAGE = (
     "corrupt",  # a hostile write replaced the record with an invalid one
     "corrupt-term-kept",  # ... one whose own term is in bounds (rule 5 must count it)
     "corrupt-replaced",  # an elector replaced such a record (after its own T)
+    "hook-hung",  # a hook ran to hook_timeout and counted as failed (rule 9)
+    "campaign-held",  # a campaign waited for the last leadership's hooks (rule 9)
 )
 
 MS = 1_000_000
@@ -85,14 +87,16 @@ STOPPED_ROLE = int(_core.Role.STOPPED)
 A_WAIT = int(_core.Action.WAIT)
 A_READ = int(_core.Action.READ)
 A_PEER = int(_core.Action.PEER_CHECK)
+A_CREATE = int(_core.Action.CREATE)
+A_TAKEOVER = int(_core.Action.TAKEOVER)
 EV_ACQUIRED = int(_core.Event.EV_ACQUIRED)
 EV_LOST = int(_core.Event.EV_LOST)
 EV_DUPLICATE_ID = int(_core.Event.EV_DUPLICATE_ID)
 ACTION_NAMES = _core.ACTION_NAMES
 
 # Event kinds on the heap.
-E_WAKE, E_REPLY, E_TIMEOUT, E_APPLY, E_EXPIRY, E_WORK, E_FAULT, E_CHECK = range(8)
-_NODE_EVENTS = (E_WAKE, E_REPLY, E_TIMEOUT, E_EXPIRY, E_WORK)
+E_WAKE, E_REPLY, E_TIMEOUT, E_APPLY, E_EXPIRY, E_WORK, E_FAULT, E_CHECK, E_HOOK = range(9)
+_NODE_EVENTS = (E_WAKE, E_REPLY, E_TIMEOUT, E_EXPIRY, E_WORK, E_HOOK)
 # Outcomes of a request, as the client sees them.
 O_OK, O_MISSING, O_PRE, O_FAIL = range(4)
 # Request fates (drawn per request while faults are on).
@@ -163,6 +167,13 @@ class Params:
     #: Fixed latencies (each way) from the start, no drawn faults: failover scenarios.
     calm_from_start: bool = False
     fixed_latency: int = 0
+    #: The nodes run on_acquire / on_lose hooks (rule 9), each bounded by
+    #: ``hook_timeout``: up to ``hook_max`` long, and while faults are on, with
+    #: probability ``p_hook_fail``, an on_acquire or on_lose hung past its bound.
+    hooks: bool = False
+    hook_timeout: int = 0
+    hook_max: int = 0
+    p_hook_fail: float = 0.0
 
 
 def _ms(rng: random.Random, lo: int, hi: int) -> int:
@@ -203,7 +214,12 @@ def liveness_bound(p: Params) -> int:
     stray = st_max + LATE_MAX + 2 * CALM_MAX
     backoff = max(RETRY_MAX, f_max + f_max // RETRY_JITTER_DIV) + st_max
     peer = f_max + p.peer_timeout if p.peer_mode else 0
-    return stray + backoff + poll_max + peer + t_max + 8 * 2 * CALM_MAX
+    # 5. Hooks: a node campaigns once its last leadership's hooks finished;
+    #    two hung past their bound (on_acquire, then on_lose) may have begun
+    #    before the faults stopped, and a failed on_acquire's release makes
+    #    that node wait a lease before it campaigns again.
+    hooks = 2 * p.hook_timeout + 4 * p.hook_max + t_max if p.hooks else 0
+    return stray + backoff + poll_max + peer + t_max + hooks + 8 * 2 * CALM_MAX
 
 
 def draw_params(seed: int) -> Params:
@@ -263,6 +279,13 @@ def draw_params(seed: int) -> Params:
         for _ in range(crng.randint(1, 3)):
             variant = crng.choice((CORRUPT_NOT_JSON, CORRUPT_TERM_RANGE, CORRUPT_LEASE))
             faults.append((crng.randint(0, faults_end), NF_CORRUPT, -1, variant))
+    # Hooks, from their own generator too.
+    hrng = random.Random(seed ^ 0x400C5)
+    if hrng.random() < 0.5:
+        p.hooks = True
+        p.hook_timeout = hrng.choice((t_max // 4, t_max // 2, t_max))
+        p.hook_max = t_max // 40
+        p.p_hook_fail = hrng.choice((0.0, 0.1, 0.3))
     p.live_by = faults_end + liveness_bound(p)
     p.end = p.live_by + 2 * t_max
     return p
@@ -312,10 +335,15 @@ class SimNode:
         "final_write",
         "freeze_after_write",
         "generation",
+        "hook_queue",
+        "hook_running",
+        "hook_token",
         "index",
         "kicked",
         "last_read",
+        "leaderships",
         "lease_deadline",
+        "lease_hooks",
         "lease_on",
         "offset",
         "op_kind",
@@ -325,6 +353,7 @@ class SimNode:
         "partitioned",
         "paused",
         "rate",
+        "release_requested",
         "server_id",
         "sleeping",
         "slot",
@@ -353,6 +382,15 @@ class SimNode:
         #: A timing index to apply while the next write is in flight (or -1).
         self.config_on_write = -1
         self.freeze_after_write = False
+        #: Elector._hooks: (hook, leadership number, generation) waiting to run.
+        self.hook_queue: deque[tuple[str, int, int]] = deque()
+        self.hook_running = False
+        self.hook_token = 0
+        #: Elector._lease_hooks: on_acquire / on_lose queued or running.
+        self.lease_hooks = 0
+        #: Leaderships begun by this node (all incarnations), numbered from 1.
+        self.leaderships = 0
+        self.release_requested = False
         self.c = self._new_campaign(0)
         self.oracle = self._new_oracle()
         self.last_read: tuple[str, int, int] | None = None
@@ -431,6 +469,9 @@ class SimNode:
                 self.generation += 1  # ends guarded work (its alive() check)
                 self.expiry_token = 0  # _cancel_expiry
                 w.checker.lost(t, self.index)
+                if w.p.hooks:
+                    self.hook_queue.append(("on_lose", self.leaderships, self.generation))
+                    self.lease_hooks += 1
             if ev & EV_ACQUIRED:
                 self.generation += 1
                 w.checker.acquired(t, self.index, c.term)
@@ -441,6 +482,10 @@ class SimNode:
                     w.count("adopt")
                 acq.append((t, self.index))
                 self._schedule_work(t, self.generation)
+                self.leaderships += 1
+                if w.p.hooks:
+                    self.hook_queue.append(("on_acquire", self.leaderships, self.generation))
+                    self.lease_hooks += 1
             if c.role == LEADER:
                 self._arm_expiry(t)
         is_leader = c.role == LEADER
@@ -455,6 +500,52 @@ class SimNode:
         elif self.lease_on:
             self.lease_on = False
             w.checker.lease_over(t, self.index)
+        if self.hook_queue and not self.hook_running:
+            self._next_hook(t)
+
+    # -- hooks (Elector._run_hooks / _call_hook, one at a time) ------------------------
+
+    def _next_hook(self, t: int) -> None:
+        w = self.w
+        p = w.p
+        while self.hook_queue and not self.hook_running:
+            kind, leadership, generation = self.hook_queue.popleft()
+            if kind == "on_acquire" and generation != self.generation:
+                # That leadership already ended: its work must not start now.
+                self.lease_hooks -= 1
+                w.count("hook-skipped")
+                continue
+            w.checker.hook_started(t, self.index, kind, leadership)
+            hung = not w.calm and w.hook_rng.random() < p.p_hook_fail
+            took = p.hook_timeout if hung else w.hook_rng.randint(0, p.hook_max)
+            if hung:
+                w.count("hook-hung")
+            if w.rec:
+                w.note(t, self, f"{kind} of leadership {leadership}{' hangs' if hung else ''}")
+            self.hook_running = True
+            self.hook_token = tok = w.token()
+            w.push(self.true_after(t, took), E_HOOK, self.index, tok, (kind, generation, hung))
+        if not self.lease_hooks:
+            self.kick(t)  # a campaign held back for these hooks may go
+
+    def _campaign_held(self, action: int) -> bool:
+        # Elector._run's hold-back (Scheduler: Elector._campaign_held).
+        return bool(self.lease_hooks) and action in (A_CREATE, A_TAKEOVER)
+
+    def on_hook_end(self, t: int, kind: str, generation: int, failed: bool) -> None:
+        self.hook_running = False
+        self.hook_token = 0
+        self.lease_hooks -= 1
+        if (
+            failed
+            and kind == "on_acquire"
+            and generation == self.generation
+            and self.c.role == LEADER
+        ):
+            # Rule 9: a leader that cannot start its work hands the lock back.
+            self.release_requested = True
+            self.kick(t)
+        self._next_hook(t)
 
     def _arm_expiry(self, t: int) -> None:
         # Elector._arm_expiry: a timer at the deadline kicks the loop.
@@ -514,8 +605,21 @@ class SimNode:
                 self._stop_sequence(t)
                 return
             now = self.local(t)
+            if self.release_requested:
+                self.release_requested = False
+                c.begin_release(now)
             action = c.poll(now)
             self.sync(t)
+            if self._campaign_held(action):
+                # Rule 9: the last leadership's hooks finish before a new one begins.
+                self.w.count("campaign-held")
+                if self.kicked:
+                    self.kicked = False
+                    continue
+                self.sleeping = True
+                self.wake_token = tok = self.w.token()
+                self.w.push(self.true_after(t, self.timing.frequent), E_WAKE, self.index, tok, None)
+                return
             if action == A_WAIT:
                 if c.role == STOPPED_ROLE:
                     return
@@ -727,6 +831,12 @@ class SimNode:
         self.deferred.clear()
         self.generation += 1
         self._reset_loop()
+        # Hooks die with the process.
+        self.hook_queue.clear()
+        self.hook_running = False
+        self.hook_token = 0
+        self.lease_hooks = 0
+        self.release_requested = False
         self.w.checker.crashed(t, self.index)
         self.slot.release_slot()
 
@@ -770,7 +880,10 @@ class World:
         self.healed = False
         self.ending = False
         self.table = LeadershipTable(slots=len(p.node_ids))
-        self.checker = Checker(len(p.node_ids))
+        self.checker = Checker(len(p.node_ids), hooks=p.hooks)
+        #: Hook durations and failures: a generator of their own, so schedules
+        #: without hooks draw exactly what they drew before hooks were simulated.
+        self.hook_rng = random.Random(p.seed ^ 0x400C5 ^ 1)
         self.result = Result(p.seed)
         self.print_trace = trace
         #: Keep a trace?  The fast run does not; a failing seed is replayed with it on.
@@ -1164,6 +1277,8 @@ class World:
                     n.on_expiry(t)
             elif kind == E_WORK:
                 n.on_work(t, token)
+            elif kind == E_HOOK and token == n.hook_token:
+                n.on_hook_end(t, *data)
         self.checker.finished(self.now)
         for n in nodes:
             if n.state == S_RUNNING:
