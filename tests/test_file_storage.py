@@ -12,7 +12,6 @@ import errno
 import itertools
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +32,7 @@ from fastelect.errors import (
 from fastelect.storage import FileStorage
 from fastelect.storage._io_threads import IOThreads
 from helpers import wait_until
+from test_cli import cli
 
 KEY = "election/cluster"
 
@@ -198,16 +198,6 @@ async def test_a_directory_removed_in_use_is_not_made_again(tmp_path: Path) -> N
     assert directory.is_dir()
 
 
-def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fastelect.cli", *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize(
     "argv",
     [
@@ -220,7 +210,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
 )
 def test_cli_file_stores_must_exist(tmp_path: Path, argv: list[str]) -> None:
     typo = tmp_path / "lcoks"
-    done = _cli(argv[0], "--store", f"file://{typo}", *argv[1:])
+    done = cli(argv[0], "--store", f"file://{typo}", *argv[1:])
     assert done.returncode == 2, done
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastelect: error: "), done.stderr
@@ -235,9 +225,9 @@ def test_cli_create_store_makes_the_directory_0700(tmp_path: Path, command: str)
     directory = tmp_path / "new" / "locks"
     if command == "run":
         argv = ["run", "--store", f"file://{directory}", "--create-store", "--id", "a"]
-        done = _cli(*argv, "--leader-timeout", "1", "--frequent-interval", "0.2", "--", "true")
+        done = cli(*argv, "--leader-timeout", "1", "--frequent-interval", "0.2", "--", "true")
     else:
-        done = _cli("check", "--store", f"file://{directory}", "--create-store")
+        done = cli("check", "--store", f"file://{directory}", "--create-store")
     assert done.returncode == 0, done.stderr
     assert directory.stat().st_mode & 0o777 == 0o700
     if command == "run":
@@ -351,7 +341,10 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "mnt"
     mount.mkdir()
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CAP_SYS_ADMIN)")
+        pytest.skip(
+            "the read-only filesystem test mounts a private tmpfs and remounts it read-only,"
+            " which needs root (CAP_SYS_ADMIN); run the suite as root to cover it (CI does)"
+        )
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(mount)],
         capture_output=True,
@@ -359,7 +352,10 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        pytest.skip(
+            "the read-only filesystem test needs a private tmpfs, and mount refused it here"
+            f" (a container without CAP_SYS_ADMIN?): {done.stderr.strip()}"
+        )
     try:
         yield mount
     finally:

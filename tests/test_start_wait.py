@@ -14,9 +14,10 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
 from tests.elector_helpers import fast_config
 from tests.faultproxy import FaultProxy, Faults
 from tests.helpers import make_s3_storage, wait_for, wait_until
@@ -47,50 +48,51 @@ def _attempts(caplog: pytest.LogCaptureFixture) -> list[float]:
     ]
 
 
+@pytest_asyncio.fixture
+async def elector(proxy: FaultProxy, s3_bucket: str) -> AsyncIterator[Elector]:
+    """An elector on moto behind the (partitioned) proxy; stopped and closed after."""
+    storage = make_s3_storage(proxy.url("a"), s3_bucket)
+    made = Elector(fast_config("patient"), storage)
+    try:
+        yield made
+    finally:
+        await made.stop()
+        await storage.close()
+
+
 @pytest.mark.asyncio
 async def test_start_waits_for_a_store_that_comes_up_later(
-    proxy: FaultProxy, s3_bucket: str, caplog: pytest.LogCaptureFixture
+    proxy: FaultProxy, elector: Elector, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="fastelect")
-    storage = make_s3_storage(proxy.url("a"), s3_bucket)
-    elector = Elector(fast_config("patient"), storage)
-    try:
-        starting = asyncio.ensure_future(elector.start(wait_for_store=math.inf))
-        await wait_until(lambda: len(_attempts(caplog)) >= 3, 20, "no retries were logged")
-        assert not starting.done()
-        pauses = _attempts(caplog)
-        # 0.1 s, then twice as long each time (plus up to a quarter of jitter).
-        assert 0.1 <= pauses[0] <= 0.125 and 0.2 <= pauses[1] <= 0.25, pauses
-        assert "giving up" not in caplog.text  # for ever
-        proxy.clear()  # the store comes up
-        await asyncio.wait_for(starting, 20)
-        assert "reached the store" in caplog.text
-        await asyncio.wait_for(elector.wait_for_leadership(), 10)
-    finally:
-        await elector.stop()
-        await storage.close()
+    starting = asyncio.ensure_future(elector.start(wait_for_store=math.inf))
+    await wait_until(lambda: len(_attempts(caplog)) >= 3, 20, "no retries were logged")
+    assert not starting.done()
+    pauses = _attempts(caplog)
+    # 0.1 s, then twice as long each time (plus up to a quarter of jitter).
+    assert 0.1 <= pauses[0] <= 0.125 and 0.2 <= pauses[1] <= 0.25, pauses
+    assert "giving up" not in caplog.text  # for ever
+    proxy.clear()  # the store comes up
+    await asyncio.wait_for(starting, 20)
+    assert "reached the store" in caplog.text
+    await asyncio.wait_for(elector.wait_for_leadership(), 10)
 
 
 @pytest.mark.asyncio
 async def test_start_gives_up_after_wait_for_store_with_the_stores_error(
-    proxy: FaultProxy, s3_bucket: str, caplog: pytest.LogCaptureFixture
+    elector: Elector, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="fastelect")
-    storage = make_s3_storage(proxy.url("a"), s3_bucket)
-    elector = Elector(fast_config("impatient"), storage)
-    try:
-        with pytest.raises(StorageUnavailable):
-            await elector.start(wait_for_store=0.5)
-        assert len(_attempts(caplog)) >= 2
-        assert "giving up in" in caplog.text
-        assert not elector.running
-        # Without it (the default), the first failure is raised at once.
-        caplog.clear()
-        with pytest.raises(StorageUnavailable):
-            await elector.start()
-        assert _attempts(caplog) == []
-    finally:
-        await storage.close()
+    with pytest.raises(StorageUnavailable):
+        await elector.start(wait_for_store=0.5)
+    assert len(_attempts(caplog)) >= 2
+    assert "giving up in" in caplog.text
+    assert not elector.running
+    # Without it (the default), the first failure is raised at once.
+    caplog.clear()
+    with pytest.raises(StorageUnavailable):
+        await elector.start()
+    assert _attempts(caplog) == []
 
 
 @pytest.mark.asyncio

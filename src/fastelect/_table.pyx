@@ -124,7 +124,8 @@ def _pid_alive(int64_t pid):
         return not os.path.isdir("/proc/self")  # reaped meanwhile, or no procfs
     except OSError:
         return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] != b"Z"
+    state = stat.rfind(b")") + 2  # after "pid (comm) ": comm may hold ")"
+    return stat[state : state + 1] != b"Z"
 
 
 cdef _Mapping _open_existing(str shm, object trust):

@@ -803,7 +803,7 @@ class Elector(_core.LeaseHolder):
             action = c.poll(now)
             self._dispatch(c.take_events())
             self._slot.heartbeat(now, self._watchdog_ns)
-            if self._lease_hooks and (action == Action.CREATE or action == Action.TAKEOVER):
+            if (action == Action.CREATE or action == Action.TAKEOVER) and self._campaign_held:
                 # Rule 9: the last leadership's hooks (each bounded by
                 # hook_timeout) finish before a new one begins; they kick us.
                 await self._sleep_until(now + self._frequent_ns)
@@ -1146,7 +1146,7 @@ class Elector(_core.LeaseHolder):
             self._arm_expiry(c.deadline_ns)
         if events & Event.EV_NEW_LEADER:
             # A released record keeps the id of the leader that left: nobody leads.
-            leader = "" if c.obs_released and c.role != _core.Role.LEADER else c.leader_id
+            leader = "" if c.obs_released else c.leader_id
             self._log.debug("leader of %s is now %r", self._where, leader, extra=self._extra)
             self._enqueue("on_new_leader", self._config.on_new_leader, leader)
         changes = Event.EV_NEW_LEADER | Event.EV_ACQUIRED | Event.EV_LOST
@@ -1229,8 +1229,11 @@ class Elector(_core.LeaseHolder):
 
     @property
     def _campaign_held(self) -> bool:
-        """True while hooks of an ended leadership still run: campaign after them (rule 9)."""
-        return self._lease_hooks > 0 and self._campaign.role != _core.Role.LEADER
+        """True while hooks of the last leadership still run: campaign after them (rule 9).
+
+        Asked (by ``_run`` and the Scheduler) only before a CREATE or TAKEOVER.
+        """
+        return self._lease_hooks > 0
 
     async def _run_hooks(self) -> None:
         assert self._hooks is not None
