@@ -49,18 +49,25 @@ from ._hook_threads import HooksStuck, HookThreads
 from ._logfold import LogFold, folded_suffix
 from ._stepping import Stepper
 from .config import Duration, ElectorConfig, wait_seconds
+from .driver import (
+    HOLD,
+    HOOK_ACQUIRE,
+    HOOK_LOSE,
+    HOOK_NEW_LEADER,
+    READ_GARBAGE,
+    READ_LONG_LEASE,
+    Driver,
+)
 from .errors import (
     ConfigError,
     FastelectError,
     LifecycleError,
     PreconditionFailed,
-    RecordError,
     StorageAuthError,
     StorageError,
     StorageUnavailable,
 )
 from .peer import PeerChecker
-from .record import parse_record, record_term
 from .storage.base import BucketNotFound, MinimalStorage, ObjectNotFound, Storage, as_storage
 
 if TYPE_CHECKING:
@@ -149,29 +156,23 @@ class Elector(_core.LeaseHolder):
         "__weakref__",
         "_campaign",
         "_changed",
-        "_clashes_reported",
         "_config",
         "_cycled",
+        "_driver",
         "_expiry",
         "_extra",
         "_failure",
         "_first_cycle",
         "_fold",
-        "_frequent_ns",
-        "_generation",
         "_hook_threads",
-        "_hooks",
         "_hooks_task",
         "_kicked",
         "_last_error",
         "_leading",
-        "_lease_hooks",
         "_log",
-        "_long_lease_warned",
         "_peer",
         "_peer_healthy",
         "_pid",
-        "_release_requested",
         "_retired_peers",
         "_sched",
         "_sched_active",
@@ -231,7 +232,7 @@ class Elector(_core.LeaseHolder):
         # The hot path: is_leader() is the compiled base's method, read from this slot.
         self._hold_slot(self._slot)
         self._pid = os.getpid()
-        self._campaign = Campaign(
+        campaign = Campaign(
             self._slot,
             config.server_id,
             config.server_addr,
@@ -243,23 +244,28 @@ class Elector(_core.LeaseHolder):
             False,
             _core.monotonic_ns(),
         )
+        # The election step (sans I/O); this object performs what it asks for.
+        self._driver = Driver(
+            campaign,
+            frequent_ns=config.ns("frequent_interval"),
+            lease_ns=config.ns("leader_timeout"),
+            storage_timeout_ns=config.ns("storage_timeout"),
+            peer_timeout_ns=config.ns("peer_timeout"),
+            hooks=_hook_mask(config),
+        )
+        self._campaign = campaign
         self._where = storage.describe(config.lockfile_path)
         self._extra = {"lock": self._where, "elector": config.server_id, "election": election}
         # Made on first use: every container here is one more object each
         # garbage-collection pass walks, times the electors of a process.
-        self._clashes_reported: set[str] | None = None
         self._peer: PeerChecker | None = None
         self._retired_peers: tuple[PeerChecker, ...] = ()
         self._peer_healthy = True
         self._task: asyncio.Task[None] | None = None
+        # Runs the driver's queued hooks, one at a time; made when one is queued.
         self._hooks_task: asyncio.Task[None] | None = None
-        self._hooks: asyncio.Queue[tuple[str, Callable[..., Any] | None, tuple[Any, ...]]] | None
-        self._hooks = None
         # Made at the first sync hook: threads of this elector's own (rule 9).
         self._hook_threads: HookThreads | None = None
-        # on_acquire / on_lose hooks queued or running: while any is, no new
-        # leadership is campaigned for (rule 9: none of N's hooks after N+1 began).
-        self._lease_hooks = 0
         # Set by _kick(): the loop must look at the campaign again before sleeping.
         self._kicked = False
         self._waiter: asyncio.Future[None] | None = None
@@ -269,17 +275,12 @@ class Elector(_core.LeaseHolder):
         self._scoped: set[asyncio.Task[Any]] | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._stopping = False
-        self._release_requested = False
-        self._generation = 0
         self._last_error: BaseException | None = None
         # Storage-failure log lines folded per kind; made at the first failure.
         self._fold: LogFold | None = None
         #: What killed the background task, raised by stop() (issue 19: never silently).
         self._failure: BaseException | None = None
-        #: (leader id, nonce, term) of the last record warned about for a long lease.
-        self._long_lease_warned: tuple[str, str, int] | None = None
         self._watchdog = 0
-        self._frequent_ns = 0
         self._cache_timings()
         # State the scheduler keeps per elector (unused without one).
         self._sched_active = False
@@ -386,17 +387,10 @@ class Elector(_core.LeaseHolder):
         self._leading = asyncio.Event()
         self._changed = asyncio.Event()
         self._first_cycle = asyncio.Event()
-        self._hooks = asyncio.Queue()
-        self._lease_hooks = 0
         self._stopping = False
-        self._release_requested = False
-        if self._campaign.role == _core.Role.STOPPED:
-            # Rule 0: every start is a new incarnation with a fresh nonce.
-            self._campaign.restart(_core.monotonic_ns())
+        # Rule 0: every start is a new incarnation with a fresh nonce.
+        self._driver.restart(_core.monotonic_ns())
         self._failure = None
-        self._hooks_task = loop.create_task(
-            self._run_hooks(), name=f"fastelect-hooks-{self.election}"
-        )
         self._task = loop.create_task(self._run_guarded(), name=f"fastelect-{self.election}")
         self._task.add_done_callback(self._task_done)
         self._log.info(
@@ -409,13 +403,9 @@ class Elector(_core.LeaseHolder):
         assert self._sched is not None
         self._kicked = False
         self._leading = self._changed = self._first_cycle = None
-        self._hooks = None
-        self._lease_hooks = 0
         self._cycled = False
         self._stopping = False
-        self._release_requested = False
-        if self._campaign.role == _core.Role.STOPPED:
-            self._campaign.restart(_core.monotonic_ns())  # rule 0: a fresh nonce
+        self._driver.restart(_core.monotonic_ns())  # rule 0: a fresh nonce
         self._sched._add(self)
         self._sched_active = True
         self._log.debug(
@@ -538,10 +528,10 @@ class Elector(_core.LeaseHolder):
             exc_info=exc,
             extra=self._extra,
         )
-        c = self._campaign
-        c.step_down(_core.monotonic_ns())
+        d = self._driver
+        d.step_down(_core.monotonic_ns())
         with contextlib.suppress(Exception):  # what failed may fail again; step-down holds
-            self._dispatch(c.take_events())
+            self._dispatch(d.take_events())
         for event in (self._leading, self._changed, self._first_cycle):
             if event is not None:
                 event.set()  # waiters wake and find the elector not running
@@ -557,17 +547,16 @@ class Elector(_core.LeaseHolder):
         bound = float(self._config.storage_timeout) + 1.0  # type: ignore[arg-type]
         await self._sched._remove(self, bound)
         await self._finish_stop()
-        self._hooks = None
         self._log.debug("elector %s stopped", self._config.server_id, extra=self._extra)
 
     async def _finish_stop(self) -> None:
         # The leader hands its record back, then on_lose runs (rule 9).
-        c = self._campaign
-        if c.begin_release(_core.monotonic_ns()):
-            self._dispatch(c.take_events())
+        d = self._driver
+        if d.begin_stop(_core.monotonic_ns()):
+            self._dispatch(d.take_events())
             await self._write()
-        c.stop(_core.monotonic_ns())
-        self._dispatch(c.take_events())
+        d.stopped(_core.monotonic_ns())
+        self._dispatch(d.take_events())
         await self._drain_hooks()
         for peer in [*self._retired_peers, self._peer]:
             if peer is not None:
@@ -658,13 +647,16 @@ class Elector(_core.LeaseHolder):
             if getattr(config, field) != getattr(self._config, field):
                 raise ConfigError(field, "cannot change on a running elector; make a new one")
         new = config.copy()
-        self._campaign.configure(
+        self._driver.configure(
             new.ns("leader_timeout"),
             new.ns("frequent_interval"),
             new.ns("infrequent_interval"),
             new.ns("safety_margin"),
             new.ns("max_clock_skew"),
             new.peer_mode and self._peer is not None,
+            storage_timeout_ns=new.ns("storage_timeout"),
+            peer_timeout_ns=new.ns("peer_timeout"),
+            hooks=_hook_mask(new),
         )
         if new.peer_mode and self._peer is None:
             assert new.peer_ca_cert is not None
@@ -683,7 +675,6 @@ class Elector(_core.LeaseHolder):
             + cfg.ns("storage_timeout")
             + cfg.ns("peer_timeout")
         )
-        self._frequent_ns = cfg.ns("frequent_interval")
 
     # -- leader-scoped work --------------------------------------------------------
 
@@ -697,7 +688,7 @@ class Elector(_core.LeaseHolder):
         await self.wait_for_leadership()
         task = asyncio.current_task()
         assert task is not None
-        generation = self._generation
+        generation = self._driver.generation
         if self._scoped is None:
             self._scoped = set()
         self._scoped.add(task)
@@ -705,7 +696,7 @@ class Elector(_core.LeaseHolder):
             # Scheduled electors arm the lease timer only while work depends on it.
             self._arm_expiry(self._campaign.deadline_ns)
         try:
-            if generation != self._generation or not self.is_leader():
+            if generation != self._driver.generation or not self.is_leader():
                 raise LeadershipLost("leadership ended before the block started")
             yield self.term
         except asyncio.CancelledError:
@@ -752,11 +743,12 @@ class Elector(_core.LeaseHolder):
         raises :class:`LeadershipLost`.
         """
         async with self.leadership():
-            generation = self._generation
+            driver = self._driver
+            generation = driver.generation
             slot_is_leader = self._slot.is_leader
 
             def alive() -> bool:
-                return generation == self._generation and slot_is_leader()
+                return generation == driver.generation and slot_is_leader()
 
             work = fn()
             if not inspect.iscoroutine(work):
@@ -794,19 +786,17 @@ class Elector(_core.LeaseHolder):
         return self._watchdog
 
     async def _run(self) -> None:
+        d = self._driver
         c = self._campaign
         while not self._stopping:
             now = _core.monotonic_ns()
-            if self._release_requested:
-                self._release_requested = False
-                c.begin_release(now)
-            action = c.poll(now)
-            self._dispatch(c.take_events())
+            action = d.poll(now)
+            self._dispatch(d.take_events())
             self._slot.heartbeat(now, self._watchdog_ns)
-            if (action == Action.CREATE or action == Action.TAKEOVER) and self._campaign_held:
+            if action == HOLD:
                 # Rule 9: the last leadership's hooks (each bounded by
                 # hook_timeout) finish before a new one begins; they kick us.
-                await self._sleep_until(now + self._frequent_ns)
+                await self._sleep_until(d.hold_until(now))
                 continue
             try:
                 if action == Action.WAIT:
@@ -823,7 +813,7 @@ class Elector(_core.LeaseHolder):
                 # A bug, not a storage failure: log it loudly and keep campaigning.
                 self._log.exception("elector step failed", extra=self._extra)
                 await asyncio.sleep(self._config.frequent)
-            self._dispatch(c.take_events())
+            self._dispatch(d.take_events())
 
     async def _sleep_until(self, at_ns: int) -> None:
         # A bare future and a timer: cheaper than asyncio.timeout, which ends
@@ -846,7 +836,7 @@ class Elector(_core.LeaseHolder):
 
     async def _sched_step(self, action: int) -> None:
         """One step the scheduler started: the body of one turn of ``_run``."""
-        c = self._campaign
+        d = self._driver
         self._sched_op = True
         try:
             if action == Action.READ:
@@ -859,13 +849,13 @@ class Elector(_core.LeaseHolder):
             if not self._op_expired():
                 raise
             # Only a peer check lets the scheduler's bound reach this far.
-            c.observe_peer(_core.monotonic_ns(), False)
+            d.peer_answered(_core.monotonic_ns(), False)
         except Exception:
             self._log.exception("elector step failed", extra=self._extra)
         finally:
             self._sched_op = False
             self._sched_expired = False
-            events = c.take_events()
+            events = d.take_events()
             if events:
                 self._dispatch(events)
             assert self._sched is not None
@@ -873,15 +863,7 @@ class Elector(_core.LeaseHolder):
 
     def _step_bound_ns(self, action: int, now: int) -> int:
         """How long the scheduler lets one step run before cancelling it."""
-        cfg = self._config
-        if action == Action.PEER_CHECK:
-            return cfg.ns("peer_timeout") + cfg.ns("storage_timeout")
-        bound = cfg.ns("storage_timeout")
-        c = self._campaign
-        if c.role == _core.Role.LEADER:
-            # A write that answers after the lease is worthless; stop waiting then.
-            bound = max(1_000_000, min(bound, c.deadline_ns - now))
-        return bound
+        return self._driver.step_bound_ns(action, now)
 
     def _op_expired(self) -> bool:
         """True (once) if the scheduler cancelled this step for outliving its bound."""
@@ -894,16 +876,10 @@ class Elector(_core.LeaseHolder):
         return True
 
     def _op_timeout(self) -> float:
-        timeout = float(self._config.storage_timeout)  # type: ignore[arg-type]
-        c = self._campaign
-        if c.role == _core.Role.LEADER:
-            # A write that answers after the lease is worthless; stop waiting then.
-            left = (c.deadline_ns - _core.monotonic_ns()) / _NS
-            timeout = max(0.001, min(timeout, left))
-        return timeout
+        return self._driver.op_timeout_ns(_core.monotonic_ns()) / _NS
 
     async def _read(self) -> None:
-        c = self._campaign
+        d = self._driver
         key = self._config.lockfile_path
         try:
             try:
@@ -917,77 +893,51 @@ class Elector(_core.LeaseHolder):
                     raise
                 raise TimeoutError(f"read of {self._where} outlived its bound") from None
         except ObjectNotFound:
-            c.observe_missing(_core.monotonic_ns())
+            d.read_missing(_core.monotonic_ns())
             if self._fold is not None:
                 self._storage_ok("read")
             return
         except (StorageError, TimeoutError, OSError) as exc:
-            c.read_failed(_core.monotonic_ns(), isinstance(exc, StorageAuthError | BucketNotFound))
+            d.read_failed(_core.monotonic_ns(), isinstance(exc, StorageAuthError | BucketNotFound))
             self._storage_failed("read", exc)
             return
-        arrived = _core.monotonic_ns()  # rule 1: stamped when the answer arrived
+        # Rule 1: stamped when the answer arrived.
+        seen = d.read_record(_core.monotonic_ns(), time.time_ns(), body, etag)
         if self._fold is not None:
             self._storage_ok("read")
-        try:
-            record = parse_record(body)
-        except RecordError as exc:
+        if seen == READ_GARBAGE:
             self._log.warning(
                 "unreadable lock record at %s (etag %s): %s; it is replaced only once stale",
                 self._where,
                 etag,
-                exc,
+                d.record_error,
                 extra=self._extra,
             )
-            c.observe_garbage(arrived, etag, record_term(body))  # rule 5: its term counts
-            return
-        if record.lease_ms * 1_000_000 > 10 * self._config.ns("leader_timeout"):
-            self._warn_long_lease(record.leader_id, record.nonce, record.term, record.lease_ms)
-        c.observe_record(
-            arrived,
-            time.time_ns(),
-            etag,
-            record.leader_id,
-            record.leader_addr,
-            record.term,
-            record.lease_ms,
-            record.renewal,
-            record.released,
-            record.last_updated_ns or 0,
-            record.nonce,
-        )
-
-    def _warn_long_lease(self, leader_id: str, nonce: str, term: int, lease_ms: int) -> None:
-        # Rule 1 honours the longer lease, so a crashed holder of this record
-        # blocks the election that long: say so once per record, not per poll.
-        key = (leader_id, nonce, term)
-        if self._long_lease_warned == key:
-            return
-        self._long_lease_warned = key
-        self._log.warning(
-            "lock record at %s (leader %s, term %d) advertises a lease of %.3f s, more than "
-            "10x ours (%.3f s): if its holder dies, the election is blocked for up to %.3f s",
-            self._where,
-            leader_id,
-            term,
-            lease_ms / 1000,
-            self._config.lease,
-            lease_ms / 1000,
-            extra=self._extra,
-        )
+        elif seen == READ_LONG_LEASE:
+            # Rule 1 honours the longer lease, so a crashed holder of this record
+            # blocks the election that long: the driver says so once per record.
+            record = d.record
+            assert record is not None
+            self._log.warning(
+                "lock record at %s (leader %s, term %d) advertises a lease of %.3f s, more than "
+                "10x ours (%.3f s): if its holder dies, the election is blocked for up to %.3f s",
+                self._where,
+                record.leader_id,
+                record.term,
+                record.lease_ms / 1000,
+                self._config.lease,
+                record.lease_ms / 1000,
+                extra=self._extra,
+            )
 
     async def _write(self) -> None:
-        c = self._campaign
+        d = self._driver
         cfg = self._config
-        kind = c.next_action
-        deadline = c.deadline_ns
-        if_match, term, _, released = c.begin_write(_core.monotonic_ns())
-        if c.role == _core.Role.LEADER and c.deadline_ns < deadline:
+        kind, body, if_match, term, wall, cut = d.begin_write(_core.monotonic_ns(), time.time_ns())
+        if cut:
             # A renewal advertising a shorter lease capped ours (rule 2): the
             # expiry that cancels leader work must follow it down.
-            self._arm_expiry(c.deadline_ns)
-        wall = 0 if released else time.time_ns()
-        # Rule 2: the body advertises the lease snapshotted when the write began.
-        body = c.record_body(wall)
+            self._arm_expiry(self._campaign.deadline_ns)
         try:
             try:
                 if self._sched_op:
@@ -1007,22 +957,22 @@ class Elector(_core.LeaseHolder):
                 term,
                 extra=self._extra,
             )
-            c.write_conflicted(_core.monotonic_ns())
+            d.write_conflicted(_core.monotonic_ns())
             if self._fold is not None:
                 self._storage_ok("write")
             return
         except (StorageError, TimeoutError, OSError) as exc:
-            c.write_failed(_core.monotonic_ns(), isinstance(exc, StorageAuthError | BucketNotFound))
+            d.write_failed(_core.monotonic_ns(), isinstance(exc, StorageAuthError | BucketNotFound))
             self._storage_failed(_core.ACTION_NAMES[kind], exc)
             return
-        c.write_succeeded(_core.monotonic_ns(), etag, wall)
+        d.write_succeeded(_core.monotonic_ns(), etag, wall)
         if self._fold is not None:
             self._storage_ok("write")
 
     async def _peer_check(self) -> None:
         c = self._campaign
         if self._peer is None:
-            c.observe_peer(_core.monotonic_ns(), False)
+            self._driver.peer_answered(_core.monotonic_ns(), False)
             return
         answer = await self._peer.check(c.leader_addr, self._config.peer_health_path, c.leader_id)
         if not answer.ok:
@@ -1039,7 +989,7 @@ class Elector(_core.LeaseHolder):
                 extra=self._extra,
             )
         self._peer_healthy = answer.ok
-        c.observe_peer(_core.monotonic_ns(), answer.ok, answer.leader_id, answer.etag)
+        self._driver.peer_answered(_core.monotonic_ns(), answer.ok, answer.leader_id, answer.etag)
 
     def _storage_failed(self, action: str, exc: BaseException) -> None:
         # One WARNING line per failure: what failed, where, and what happens
@@ -1115,7 +1065,6 @@ class Elector(_core.LeaseHolder):
             if self._first_cycle is not None:
                 self._first_cycle.set()
         if events & Event.EV_LOST:
-            self._generation += 1
             self._cancel_expiry()
             self._cancel_scoped()
             if self._leading is not None:
@@ -1127,9 +1076,7 @@ class Elector(_core.LeaseHolder):
                 c.term,
                 extra=self._extra,
             )
-            self._enqueue("on_lose", self._config.on_lose)
         if events & Event.EV_ACQUIRED:
-            self._generation += 1
             self._log.info(
                 "%s acquired leadership of %s (term %d)",
                 self._config.server_id,
@@ -1139,7 +1086,6 @@ class Elector(_core.LeaseHolder):
             )
             if self._leading is not None:
                 self._leading.set()
-            self._enqueue("on_acquire", self._config.on_acquire, generation=self._generation)
         if c.role == _core.Role.LEADER and (
             self._sched is None or self._scoped or self._leading is not None
         ):
@@ -1148,7 +1094,8 @@ class Elector(_core.LeaseHolder):
             # A released record keeps the id of the leader that left: nobody leads.
             leader = "" if c.obs_released else c.leader_id
             self._log.debug("leader of %s is now %r", self._where, leader, extra=self._extra)
-            self._enqueue("on_new_leader", self._config.on_new_leader, leader)
+        if self._driver.hooks_pending and self._hooks_task is None:
+            self._start_hooks()
         changes = Event.EV_NEW_LEADER | Event.EV_ACQUIRED | Event.EV_LOST
         if events & changes and self._changed is not None:
             # Wake every waiter of this change; later waiters wait for the next one.
@@ -1156,11 +1103,7 @@ class Elector(_core.LeaseHolder):
             self._changed = asyncio.Event() if self._sched is None else None
 
     def _report_duplicate(self, nonce: str) -> None:
-        if self._clashes_reported is None:
-            self._clashes_reported = set()
-        elif nonce in self._clashes_reported:
-            return
-        self._clashes_reported.add(nonce)
+        # The driver reports each clashing nonce once.
         self._log.error(
             "another live process writes %s under this elector's id %r (its nonce %s, ours "
             "%s): server ids must be unique; only one of the two can lead",
@@ -1206,74 +1149,55 @@ class Elector(_core.LeaseHolder):
             task.cancel("fastelect: leadership lost")
         self._scoped.clear()
 
-    def _enqueue(
-        self,
-        name: str,
-        hook: Callable[..., Any] | None,
-        *args: Any,
-        generation: int | None = None,
-    ) -> None:
-        if self._hooks is None:
-            if self._sched is None or hook is None or self._forked():
-                return
-            # Scheduled electors make their hooks queue and task on first use.
-            self._hooks = asyncio.Queue()
-            self._hooks_task = asyncio.get_running_loop().create_task(
-                self._run_hooks(), name=f"fastelect-hooks-{self.election}"
-            )
-        if name == "on_acquire":
-            args = (generation,)
-        if hook is not None and (name == "on_acquire" or name == "on_lose"):
-            self._lease_hooks += 1
-        self._hooks.put_nowait((name, hook, args))
-
-    @property
-    def _campaign_held(self) -> bool:
-        """True while hooks of the last leadership still run: campaign after them (rule 9).
-
-        Asked (by ``_run`` and the Scheduler) only before a CREATE or TAKEOVER.
-        """
-        return self._lease_hooks > 0
+    def _start_hooks(self) -> None:
+        if self._forked():
+            self._driver.drop_hooks()  # they belong to the parent's leadership
+            return
+        self._hooks_task = asyncio.get_running_loop().create_task(
+            self._run_hooks(), name=f"fastelect-hooks-{self.election}"
+        )
 
     async def _run_hooks(self) -> None:
-        assert self._hooks is not None
-        while True:
-            name, hook, args = await self._hooks.get()
-            lease_hook = hook is not None and (name == "on_acquire" or name == "on_lose")
-            try:
-                if hook is None:
-                    continue
-                if name == "on_acquire" and args[0] != self._generation:
-                    # That leadership already ended: its work must not start now.
-                    self._log.debug(
-                        "on_acquire of %s skipped: the leadership ended before it could start",
-                        self._config.server_id,
-                        extra=self._extra,
-                    )
-                    continue
-                call_args = () if lease_hook else args
-                try:
-                    await self._call_hook(hook, call_args)
-                except Exception as exc:
-                    late = isinstance(exc, _HookTimeout)
-                    self._log.error(
-                        "%s hook of %s failed: %s",
-                        name,
-                        self._config.server_id,
-                        exc if late else repr(exc),
-                        exc_info=not late,
-                        extra=self._extra,
-                    )
-                    if name == "on_acquire" and args[0] == self._generation and self.is_leader():
-                        # Rule 9: a leader that cannot start its work hands the lock back.
-                        self._release_requested = True
-                        self._kick()
-            finally:
-                self._hooks.task_done()
-                if lease_hook:
-                    self._lease_hooks -= 1
-                    if not self._lease_hooks and not self._stopping:
-                        self._kick()  # a campaign held back for these hooks may go
+        """Run the driver's queued hooks one at a time, then end (a new task per burst)."""
+        d = self._driver
+        cfg = self._config
+        skipped = d.hooks_skipped
+        try:
+            while (hook := d.next_hook()) is not None:
+                name = hook.name
+                fn = getattr(cfg, name)
+                failed = False
+                if fn is not None:
+                    try:
+                        await self._call_hook(fn, hook.args)
+                    except Exception as exc:
+                        failed = True
+                        late = isinstance(exc, _HookTimeout)
+                        self._log.error(
+                            "%s hook of %s failed: %s",
+                            name,
+                            cfg.server_id,
+                            exc if late else repr(exc),
+                            exc_info=not late,
+                            extra=self._extra,
+                        )
+                    except BaseException:
+                        d.hook_finished(False)
+                        raise
+                if d.hook_finished(failed) and not self._stopping:
+                    self._kick()  # a release, or a campaign held back for these hooks
+                cfg = self._config
+        finally:
+            self._hooks_task = None
+        if d.hooks_skipped != skipped:
+            # That leadership already ended: its work must not start now.
+            self._log.debug(
+                "on_acquire of %s skipped: the leadership ended before it could start",
+                cfg.server_id,
+                extra=self._extra,
+            )
+        if not d.lease_hooks and not self._stopping:
+            self._kick()
 
     async def _call_hook(self, hook: Callable[..., Any], args: tuple[Any, ...]) -> None:
         timeout = float(self._config.hook_timeout)  # type: ignore[arg-type]
@@ -1303,16 +1227,27 @@ class Elector(_core.LeaseHolder):
             ) from None
 
     async def _drain_hooks(self) -> None:
-        if self._hooks is None or self._hooks_task is None:
+        task = self._hooks_task
+        if task is None:
             return
         # Each queued hook is bounded by hook_timeout on its own.
         each = float(self._config.hook_timeout)  # type: ignore[arg-type]
-        timeout = each * (self._hooks.qsize() + 1) + 1.0
+        timeout = each * (self._driver.hooks_pending + 1) + 1.0
         try:
-            await asyncio.wait_for(self._hooks.join(), timeout)
+            await asyncio.wait_for(asyncio.shield(task), timeout)
         except TimeoutError:
             self._log.error("hooks did not finish within %.1fs", timeout, extra=self._extra)
-        self._hooks_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._hooks_task
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._driver.drop_hooks()
         self._hooks_task = None
+
+
+def _hook_mask(config: ElectorConfig) -> int:
+    """The driver's ``hooks`` bits for the hooks ``config`` sets."""
+    return (
+        (HOOK_ACQUIRE if config.on_acquire is not None else 0)
+        | (HOOK_LOSE if config.on_lose is not None else 0)
+        | (HOOK_NEW_LEADER if config.on_new_leader is not None else 0)
+    )

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._core import Action, LeadershipTable, Slot
 from ._stepping import Stepper
+from .driver import HOLD
 from .errors import ConfigError, LifecycleError
 
 if TYPE_CHECKING:
@@ -66,7 +67,6 @@ _RELEASE = int(Action.RELEASE)
 _READ = int(Action.READ)
 _PEER_CHECK = int(Action.PEER_CHECK)
 _WAIT = int(Action.WAIT)
-_CAMPAIGNS = (int(Action.CREATE), int(Action.TAKEOVER))
 _C_SHED_STEPS = int(_core.Counter.C_SHED_STEPS)
 _C_OVERLOAD_STEPDOWNS = int(_core.Counter.C_OVERLOAD_STEPDOWNS)
 #: How often in-flight steps are checked against their time bound.
@@ -403,22 +403,20 @@ class Scheduler:
             if elector._sched_bucket < 0 or elector._stopping:
                 continue  # listed twice (kicked), or stopped meanwhile
             elector._sched_bucket = -1
-            c = elector._campaign
-            if elector._release_requested:
-                elector._release_requested = False
-                c.begin_release(now)
-            action = c.poll(now)
-            events = c.take_events()
+            d = elector._driver
+            action = d.poll(now)
+            events = d.take_events()
             if events:
                 elector._dispatch(events)
             elector._slot.heartbeat(now, elector._watchdog)
             if action == _WAIT:
+                c = d.campaign
                 if c.role != _core.Role.STOPPED:
                     self._push(elector, c.next_at_ns)
                 continue
-            if action in _CAMPAIGNS and elector._campaign_held:
+            if action == HOLD:
                 # Rule 9: the last leadership's hooks finish first; they kick it.
-                self._push(elector, now + elector._frequent_ns)
+                self._push(elector, d.hold_until(now))
                 continue
             if action == _RENEW:
                 renewals.append(elector)
@@ -457,11 +455,11 @@ class Scheduler:
             renewals.sort(key=_leader_since)
             keep = len(renewals) - max(1, len(renewals) // 4)
             for elector in renewals[keep:]:
-                c = elector._campaign
-                c.step_down(now)
+                d = elector._driver
+                d.step_down(now)
                 elector._slot.count(_C_OVERLOAD_STEPDOWNS)
-                elector._dispatch(c.take_events())
-                self._push(elector, now + elector._frequent_ns)
+                elector._dispatch(d.take_events())
+                self._push(elector, d.hold_until(now))
             dropped = len(renewals) - keep
             stats.dropped_leaderships += dropped
             self._warn(now, dropped_now=dropped)
@@ -535,7 +533,7 @@ class Scheduler:
             shed += 1
             elector._slot.count(_C_SHED_STEPS)  # for /metrics, per election
             # Jitter spreads the returning steps instead of bringing them back at once.
-            back = int(elector._frequent_ns * (1.0 + random.random()))
+            back = int(elector._driver.frequent_ns * (1.0 + random.random()))
             self._push(elector, now + back)
         ready.extend(kept)
         if not shed:
