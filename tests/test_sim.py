@@ -250,7 +250,7 @@ def test_hooks_catch_a_driver_that_campaigns_while_hooks_run(
     # campaigns while the last leadership's hooks still run (0.1's Elector)
     # starts on_lose of leadership N inside N+1. Seed 1015 is the first
     # schedule that shows it (docs/simulator.md).
-    monkeypatch.setattr(world.SimNode, "_campaign_held", lambda self, action: False)
+    monkeypatch.setattr(world, "HOLD_BACK", False)
     with pytest.raises(SimFailure) as info:
         run_schedule(1015)
     assert info.value.violation.rule == "hooks", str(info.value)

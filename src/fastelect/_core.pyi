@@ -9,18 +9,27 @@
 from collections.abc import Generator
 from enum import IntEnum
 from types import TracebackType
-from typing import Any, Final, Self, final
+from typing import Any, Final, NamedTuple, Self, final
 
 from typing_extensions import disjoint_base
 
 __all__ = [
     "ACTION_NAMES",
     "HEADER_SIZE",
+    "HOLD",
+    "HOOK_ACQUIRE",
+    "HOOK_LOSE",
+    "HOOK_NEW_LEADER",
     "LAYOUT_VERSION",
     "LEASE_CLOCK",
     "LEASE_CLOCK_NAME",
+    "READ_GARBAGE",
+    "READ_LONG_LEASE",
+    "READ_OK",
     "SLOT_SIZE",
     "Campaign",
+    "Driver",
+    "Hook",
     "LeadershipTable",
     "LeaseHolder",
     "Slot",
@@ -366,3 +375,90 @@ class Campaign:
     def step_down(self, now_ns: int) -> None: ...
     def stop(self, now_ns: int) -> None: ...
     def restart(self, now_ns: int, nonce: str = "") -> None: ...
+
+# -- the driver (_driver.pyx; public as fastelect.driver) ------------------------
+
+HOLD: Final[int]
+HOOK_ACQUIRE: Final[int]
+HOOK_LOSE: Final[int]
+HOOK_NEW_LEADER: Final[int]
+READ_OK: Final[int]
+READ_GARBAGE: Final[int]
+READ_LONG_LEASE: Final[int]
+
+class Hook(NamedTuple):
+    """A hook to run: name, the leadership it belongs to, the generation then, arguments."""
+
+    name: str
+    leadership: int
+    generation: int
+    args: tuple[object, ...]
+
+@final
+class Driver:
+    """One election's step around a Campaign: outcomes in with their instants, actions out."""
+
+    frequent_ns: int
+    lease_ns: int
+    storage_timeout_ns: int
+    peer_timeout_ns: int
+    hooks: int
+    generation: int
+    leaderships: int
+    lease_hooks: int
+    hooks_skipped: int
+    hold_back: bool
+    @property
+    def campaign(self) -> Campaign: ...
+    @property
+    def record(self) -> Any: ...
+    @property
+    def record_error(self) -> str: ...
+    @property
+    def hooks_pending(self) -> int: ...
+    def __init__(
+        self,
+        campaign: Campaign,
+        *,
+        frequent_ns: int,
+        lease_ns: int,
+        storage_timeout_ns: int,
+        peer_timeout_ns: int,
+        hooks: int = 0,
+        generation: int = 0,
+        hold_back: bool = True,
+    ) -> None: ...
+    def configure(
+        self,
+        lease_ns: int,
+        frequent_ns: int,
+        infrequent_ns: int,
+        margin_ns: int,
+        max_skew_ns: int,
+        peer_mode: bool,
+        *,
+        storage_timeout_ns: int,
+        peer_timeout_ns: int,
+        hooks: int,
+    ) -> None: ...
+    def request_release(self) -> None: ...
+    def restart(self, now: int, nonce: str = "") -> None: ...
+    def poll(self, now: int) -> int: ...
+    def hold_until(self, now: int) -> int: ...
+    def op_timeout_ns(self, now: int) -> int: ...
+    def step_bound_ns(self, action: int, now: int) -> int: ...
+    def read_record(self, now: int, wall_now: int, body: bytes, etag: str) -> int: ...
+    def read_missing(self, now: int) -> None: ...
+    def read_failed(self, now: int, refused: bool = False) -> None: ...
+    def begin_write(self, now: int, wall_ns: int) -> tuple[int, bytes, str, int, int, bool]: ...
+    def write_succeeded(self, now: int, etag: str, wall_ns: int) -> None: ...
+    def write_conflicted(self, now: int) -> None: ...
+    def write_failed(self, now: int, refused: bool = False) -> None: ...
+    def peer_answered(self, now: int, ok: bool, leader_id: str = "", etag: str = "") -> None: ...
+    def begin_stop(self, now: int) -> bool: ...
+    def stopped(self, now: int) -> None: ...
+    def step_down(self, now: int) -> None: ...
+    def take_events(self) -> int: ...
+    def next_hook(self) -> Hook | None: ...
+    def hook_finished(self, failed: bool) -> bool: ...
+    def drop_hooks(self) -> None: ...

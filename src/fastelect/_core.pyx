@@ -14,7 +14,9 @@ One idea per source file, all compiled into this one extension:
 * ``_shm.pxd``   -- the C layer: table layout, lease clock, seqlock, fork guard;
 * ``_table.pyx`` -- the leadership table in shared memory (``docs/table-layout.md``);
 * ``_record.pyx`` -- the lock record's JSON body, encoded in C;
-* ``_rules.pyx`` -- the election rules, :class:`Campaign` (``docs/safety.md``).
+* ``_rules.pyx`` -- the election rules, :class:`Campaign` (``docs/safety.md``);
+* ``_driver.pyx`` -- the election step around a Campaign, sans I/O, :class:`Driver`
+  (public as :mod:`fastelect.driver`).
 """
 
 cimport cython
@@ -40,7 +42,7 @@ cdef extern from "errno.h":
     int errno
 
 __all__ = [
-    "ACTION_NAMES", "Campaign", "LeaseHolder", "LeadershipTable", "Slot", "TableReader", "attach",
+    "ACTION_NAMES", "Campaign", "Driver", "LeaseHolder", "LeadershipTable", "Slot", "TableReader", "attach",
     "YieldNow", "monotonic_ns", "LAYOUT_VERSION", "SLOT_SIZE", "HEADER_SIZE", "LEASE_CLOCK",
     "LEASE_CLOCK_NAME",
 ]
@@ -153,3 +155,4 @@ cdef class YieldNow:
 include "_table.pyx"
 include "_record.pyx"
 include "_rules.pyx"
+include "_driver.pyx"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ import orjson
 
 from .. import _core
 from .._core import Campaign, LeadershipTable
+from ..driver import HOLD, HOOK_ACQUIRE, HOOK_LOSE, Driver
 from ..errors import RecordError
 from ..record import parse_record, record_term
 from .checker import Checker, Violation
@@ -117,6 +119,9 @@ CORRUPT_NOT_JSON, CORRUPT_TERM_RANGE, CORRUPT_LEASE = range(3)
 _CORRUPT_LEASES = (9_223_372_036_854, 10**12, -1, 0, 86_400_001)
 # Node process states.
 S_RUNNING, S_STOPPED, S_CRASHED = range(3)
+#: The drivers' rule 9 hold-back (Driver(hold_back=...)); False only to show
+#: that the simulator catches a driver without it.
+HOLD_BACK = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,26 +329,29 @@ class Result:
 
 
 class SimNode:
-    """One elector process: a Campaign and the driver loop of ``Elector`` around it."""
+    """One elector process: the real :class:`~fastelect.driver.Driver` on simulated clocks.
+
+    What this class adds is what ``Elector`` adds around its driver: the
+    requests (sent to the simulated store), timers, hooks (simulated: each
+    takes a drawn time, some hang to ``hook_timeout``) and guarded leader
+    work; every rule lives in the driver and the Campaign.
+    """
 
     __slots__ = (
         "addr",
         "c",
         "config_on_write",
+        "d",
         "deferred",
         "expiry_token",
         "final_write",
         "freeze_after_write",
-        "generation",
-        "hook_queue",
-        "hook_running",
         "hook_token",
         "index",
         "kicked",
         "last_read",
-        "leaderships",
+        "leaderships_before",
         "lease_deadline",
-        "lease_hooks",
         "lease_on",
         "offset",
         "op_kind",
@@ -353,7 +361,6 @@ class SimNode:
         "partitioned",
         "paused",
         "rate",
-        "release_requested",
         "server_id",
         "sleeping",
         "slot",
@@ -378,20 +385,14 @@ class SimNode:
         self.paused = False
         self.partitioned = False
         self.deferred: list[tuple[int, int, int, int, Any]] = []
-        self.generation = 0
         #: A timing index to apply while the next write is in flight (or -1).
         self.config_on_write = -1
         self.freeze_after_write = False
-        #: Elector._hooks: (hook, leadership number, generation) waiting to run.
-        self.hook_queue: deque[tuple[str, int, int]] = deque()
-        self.hook_running = False
         self.hook_token = 0
-        #: Elector._lease_hooks: on_acquire / on_lose queued or running.
-        self.lease_hooks = 0
-        #: Leaderships begun by this node (all incarnations), numbered from 1.
-        self.leaderships = 0
-        self.release_requested = False
-        self.c = self._new_campaign(0)
+        #: Leaderships begun by earlier incarnations (crashed processes).
+        self.leaderships_before = 0
+        self.d = self._new_driver(0, 0)
+        self.c = self.d.campaign
         self.oracle = self._new_oracle()
         self.last_read: tuple[str, int, int] | None = None
         self._reset_loop()
@@ -414,9 +415,10 @@ class SimNode:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def _new_campaign(self, t: int) -> Campaign:
+    def _new_driver(self, t: int, generation: int) -> Driver:
         tm = self.timing
-        return Campaign(
+        p = self.w.p
+        campaign = self.w.make_campaign(
             self.slot,
             self.server_id,
             self.addr,
@@ -425,9 +427,19 @@ class SimNode:
             tm.infrequent,
             tm.margin,
             -1,
-            self.w.p.peer_mode,
+            p.peer_mode,
             self.local(t),
             self.w.nonce(),
+        )
+        return Driver(
+            campaign,
+            frequent_ns=tm.frequent,
+            lease_ns=tm.lease,
+            storage_timeout_ns=tm.storage_timeout,
+            peer_timeout_ns=p.peer_timeout,
+            hooks=HOOK_ACQUIRE | HOOK_LOSE if p.hooks else 0,
+            generation=generation,
+            hold_back=self.w.hold_back,
         )
 
     def _reset_loop(self) -> None:
@@ -446,13 +458,14 @@ class SimNode:
     # -- events and the checker (Elector._dispatch) -----------------------------------
 
     def sync(self, t: int, adopted: tuple[str, int, int] | None = None) -> None:
-        """Dispatch the Campaign's events, then check leases and roles.
+        """Take the driver's events, then check leases and roles.
 
         ``adopted``: the (nonce, term, renewal) just read, when a read led here.
         """
         c = self.c
+        d = self.d
         w = self.w
-        ev = c.take_events()
+        ev = d.take_events()
         if ev:
             if w.rec:
                 w.note(t, self, f"events {ev:#x}")
@@ -466,14 +479,9 @@ class SimNode:
                     and self.true_at(self.lease_deadline) <= t
                 ):
                     w.count("lease-lapsed")
-                self.generation += 1  # ends guarded work (its alive() check)
                 self.expiry_token = 0  # _cancel_expiry
                 w.checker.lost(t, self.index)
-                if w.p.hooks:
-                    self.hook_queue.append(("on_lose", self.leaderships, self.generation))
-                    self.lease_hooks += 1
             if ev & EV_ACQUIRED:
-                self.generation += 1
                 w.checker.acquired(t, self.index, c.term)
                 acq = w.result.acquired_at
                 if acq and acq[-1][1] != self.index:
@@ -481,26 +489,22 @@ class SimNode:
                 if self.op_kind == A_READ:
                     w.count("adopt")
                 acq.append((t, self.index))
-                self._schedule_work(t, self.generation)
-                self.leaderships += 1
-                if w.p.hooks:
-                    self.hook_queue.append(("on_acquire", self.leaderships, self.generation))
-                    self.lease_hooks += 1
+                self._schedule_work(t, d.generation)
             if c.role == LEADER:
                 self._arm_expiry(t)
         is_leader = c.role == LEADER
         w.checker.role_agrees(t, self.index, is_leader)
         if is_leader:
-            d = c.deadline_ns
-            if not self.lease_on or d != self.lease_deadline:
+            dl = c.deadline_ns
+            if not self.lease_on or dl != self.lease_deadline:
                 self.lease_on = True
-                self.lease_deadline = d
-                w.checker.lease(t, self.index, self.true_at(d), c.term)
-                self.oracle.leading(t, d, adopted)
+                self.lease_deadline = dl
+                w.checker.lease(t, self.index, self.true_at(dl), c.term)
+                self.oracle.leading(t, dl, adopted)
         elif self.lease_on:
             self.lease_on = False
             w.checker.lease_over(t, self.index)
-        if self.hook_queue and not self.hook_running:
+        if d.hooks_pending and not self.hook_token:
             self._next_hook(t)
 
     # -- hooks (Elector._run_hooks / _call_hook, one at a time) ------------------------
@@ -508,43 +512,29 @@ class SimNode:
     def _next_hook(self, t: int) -> None:
         w = self.w
         p = w.p
-        while self.hook_queue and not self.hook_running:
-            kind, leadership, generation = self.hook_queue.popleft()
-            if kind == "on_acquire" and generation != self.generation:
-                # That leadership already ended: its work must not start now.
-                self.lease_hooks -= 1
-                w.count("hook-skipped")
-                continue
-            w.checker.hook_started(t, self.index, kind, leadership)
+        d = self.d
+        skipped = d.hooks_skipped
+        hook = d.next_hook()
+        if d.hooks_skipped != skipped:
+            w.count("hook-skipped")
+        if hook is not None:
+            leadership = self.leaderships_before + hook.leadership
+            w.checker.hook_started(t, self.index, hook.name, leadership)
             hung = not w.calm and w.hook_rng.random() < p.p_hook_fail
             took = p.hook_timeout if hung else w.hook_rng.randint(0, p.hook_max)
             if hung:
                 w.count("hook-hung")
             if w.rec:
-                w.note(t, self, f"{kind} of leadership {leadership}{' hangs' if hung else ''}")
-            self.hook_running = True
+                w.note(t, self, f"{hook.name} of leadership {leadership}{' hangs' if hung else ''}")
             self.hook_token = tok = w.token()
-            w.push(self.true_after(t, took), E_HOOK, self.index, tok, (kind, generation, hung))
-        if not self.lease_hooks:
+            w.push(self.true_after(t, took), E_HOOK, self.index, tok, hung)
+        elif not d.lease_hooks:
             self.kick(t)  # a campaign held back for these hooks may go
 
-    def _campaign_held(self, action: int) -> bool:
-        # Elector._run's hold-back (Scheduler: Elector._campaign_held).
-        return bool(self.lease_hooks) and action in (A_CREATE, A_TAKEOVER)
-
-    def on_hook_end(self, t: int, kind: str, generation: int, failed: bool) -> None:
-        self.hook_running = False
+    def on_hook_end(self, t: int, failed: bool) -> None:
         self.hook_token = 0
-        self.lease_hooks -= 1
-        if (
-            failed
-            and kind == "on_acquire"
-            and generation == self.generation
-            and self.c.role == LEADER
-        ):
-            # Rule 9: a leader that cannot start its work hands the lock back.
-            self.release_requested = True
-            self.kick(t)
+        if self.d.hook_finished(failed):
+            self.kick(t)  # a release, or a campaign held back for these hooks
         self._next_hook(t)
 
     def _arm_expiry(self, t: int) -> None:
@@ -572,7 +562,7 @@ class SimNode:
 
     def on_work(self, t: int, generation: int) -> None:
         # alive(): same generation and the compiled lease check, before each step.
-        if generation != self.generation:
+        if generation != self.d.generation:
             return
         if not self.c.is_leader(self.local(t)):
             if self.w.rec:
@@ -597,28 +587,29 @@ class SimNode:
         self.kicked = False  # _sleep_until's finally
         self.run(t)
 
+    def _sleep(self, t: int, at: int) -> None:
+        self.sleeping = True
+        self.wake_token = tok = self.w.token()
+        self.w.push(at, E_WAKE, self.index, tok, None)
+
     def run(self, t: int) -> None:
         """One pass of ``Elector._run`` up to its next await."""
         c = self.c
+        d = self.d
         while True:
             if self.stopping:
                 self._stop_sequence(t)
                 return
             now = self.local(t)
-            if self.release_requested:
-                self.release_requested = False
-                c.begin_release(now)
-            action = c.poll(now)
+            action = d.poll(now)
             self.sync(t)
-            if self._campaign_held(action):
+            if action == HOLD:
                 # Rule 9: the last leadership's hooks finish before a new one begins.
                 self.w.count("campaign-held")
                 if self.kicked:
                     self.kicked = False
                     continue
-                self.sleeping = True
-                self.wake_token = tok = self.w.token()
-                self.w.push(self.true_after(t, self.timing.frequent), E_WAKE, self.index, tok, None)
+                self._sleep(t, self.true_at(d.hold_until(now)))
                 return
             if action == A_WAIT:
                 if c.role == STOPPED_ROLE:
@@ -629,45 +620,33 @@ class SimNode:
                 at = self.true_at(c.next_at_ns)
                 if at <= t:
                     continue
-                self.sleeping = True
-                self.wake_token = tok = self.w.token()
-                self.w.push(at, E_WAKE, self.index, tok, None)
+                self._sleep(t, at)
                 return
             if action == A_READ:
-                self._send(t, A_READ, self._op_timeout(now), None)
+                self._send(t, A_READ, d.op_timeout_ns(now), None)
             elif action == A_PEER:
-                self._send(t, A_PEER, self.w.p.peer_timeout, (c.leader_addr, c.leader_id))
+                self._send(t, A_PEER, d.peer_timeout_ns, (c.leader_addr, c.leader_id))
             else:
                 self._begin_write(t, now)
             return
 
-    def _op_timeout(self, now: int) -> int:
-        # Elector._op_timeout: a leader stops waiting when its lease ends.
-        timeout = self.timing.storage_timeout
-        c = self.c
-        if c.role == LEADER:
-            timeout = max(MS, min(timeout, c.deadline_ns - now))
-        return timeout
-
     def _begin_write(self, t: int, now: int) -> None:
         # Elector._write, up to the request.
         c = self.c
-        kind = c.next_action
-        if_match, term, renewal, released = c.begin_write(now)
-        wall = 0 if released else EPOCH_NS + t
-        # Rule 2: the body advertises the lease snapshotted when the write began.
-        body = c.record_body(wall)
+        kind, body, if_match, term, wall, _ = self.d.begin_write(now, EPOCH_NS + t)
         # The lease held once the write is under way (begin_write may shorten it).
         leading = c.deadline_ns if c.role == LEADER and c.is_leader(now) else None
         # The oracle checks the lease the body really advertises, not the core's word for it.
-        advertised = parse_record(body).lease_ms
-        self.oracle.begin_write(t, now, kind, if_match, term, renewal, advertised, leading)
+        sent = parse_record(body)
+        self.oracle.begin_write(t, now, kind, if_match, term, sent.renewal, sent.lease_ms, leading)
         # Not a dispatch point in Elector._write, but begin_write may move the
         # deadline (a core that shortens a lease there), so the checker looks.
         self.sync(t)
         if self.w.rec:
-            self.w.note(t, self, f"send {ACTION_NAMES[kind]} term={term} r={renewal} if={if_match}")
-        self._send(t, kind, self._op_timeout(now), (body, if_match, wall))
+            self.w.note(
+                t, self, f"send {ACTION_NAMES[kind]} term={term} r={sent.renewal} if={if_match}"
+            )
+        self._send(t, kind, self.d.op_timeout_ns(now), (body, if_match, wall))
         if self.config_on_write >= 0:
             # The operator's update_config lands while this write is in flight.
             w = self.w
@@ -689,7 +668,7 @@ class SimNode:
     def on_reply(self, t: int, outcome: tuple[Any, ...]) -> None:
         """The request finished (answer or client timeout): Elector._read/_write/_peer_check."""
         self.op_token = 0
-        c = self.c
+        d = self.d
         now = self.local(t)
         kind = self.op_kind
         code = outcome[0]
@@ -698,69 +677,38 @@ class SimNode:
             if code == O_MISSING:
                 if w.rec:
                     w.note(t, self, "read: missing")
-                c.observe_missing(now)
+                d.read_missing(now)
             elif code == O_FAIL:
                 if w.rec:
                     w.note(t, self, f"read failed: {outcome[1]}")
-                c.read_failed(now, outcome[1] == "403")  # as Elector: a 403 waits F
+                d.read_failed(now, outcome[1] == "403")  # as Elector: a 403 waits F
             else:
-                body, etag = outcome[1], outcome[2]
-                try:
-                    r = parse_record(body)
-                except RecordError:
-                    kept = record_term(body)
-                    if w.rec:
-                        w.note(t, self, f"read {etag}: invalid record (term {kept})")
-                    self.oracle.garbage(now, etag, kept)
-                    c.observe_garbage(now, etag, kept)
-                else:
-                    if w.rec:
-                        w.note(
-                            t,
-                            self,
-                            f"read {etag}: {r.leader_id}/{r.nonce[:4]} term={r.term} "
-                            f"r={r.renewal} lease={r.lease_ms}{' released' if r.released else ''}",
-                        )
-                    self.oracle.observed(now, etag, r.term, r.lease_ms, r.released, r.nonce)
-                    self.last_read = (r.nonce, r.term, r.renewal)
-                    c.observe_record(
-                        now,
-                        EPOCH_NS + t,
-                        etag,
-                        r.leader_id,
-                        r.leader_addr,
-                        r.term,
-                        r.lease_ms,
-                        r.renewal,
-                        r.released,
-                        r.last_updated_ns or 0,
-                        r.nonce,
-                    )
+                self._read(t, now, outcome[1], outcome[2])
         elif kind == A_PEER:
             if code == O_OK:
                 if w.rec:
                     w.note(t, self, f"peer: ok={outcome[1]} {outcome[2]} {outcome[3]}")
-                if outcome[1] and outcome[2] == c.leader_id:
+                if outcome[1] and outcome[2] == self.c.leader_id:
                     self.oracle.peer_etag(now, outcome[3])
-                c.observe_peer(now, outcome[1], outcome[2], outcome[3])
+                d.peer_answered(now, outcome[1], outcome[2], outcome[3])
             else:
                 if w.rec:
                     w.note(t, self, "peer: no answer")
-                c.observe_peer(now, False)
+                d.peer_answered(now, False)
         else:
             if code == O_OK:
                 if w.rec:
                     w.note(t, self, f"write ok -> {outcome[1]}")
                 self.oracle.wrote(now, outcome[1])
-                c.write_succeeded(now, outcome[1], outcome[2])
+                d.write_succeeded(now, outcome[1], outcome[2])
             elif code == O_PRE:
                 if w.rec:
                     w.note(t, self, "write 412")
-                c.write_conflicted(now)
+                d.write_conflicted(now)
             else:
                 if w.rec:
                     w.note(t, self, f"write failed: {outcome[1]}")
-                c.write_failed(now, outcome[1] == "403")
+                d.write_failed(now, outcome[1] == "403")
             if self.freeze_after_write:
                 self.freeze_after_write = False
                 t_max = max(tm.lease for tm in w.p.timings)
@@ -772,6 +720,29 @@ class SimNode:
             self._finish_stop(t)
             return
         self.run(t)
+
+    def _read(self, t: int, now: int, body: bytes, etag: str) -> None:
+        w = self.w
+        d = self.d
+        # The oracle looks first: it checks the rules against the record as sent.
+        try:
+            r = parse_record(body)
+        except RecordError:
+            kept = record_term(body)
+            if w.rec:
+                w.note(t, self, f"read {etag}: invalid record (term {kept})")
+            self.oracle.garbage(now, etag, kept)
+        else:
+            if w.rec:
+                w.note(
+                    t,
+                    self,
+                    f"read {etag}: {r.leader_id}/{r.nonce[:4]} term={r.term} "
+                    f"r={r.renewal} lease={r.lease_ms}{' released' if r.released else ''}",
+                )
+            self.oracle.observed(now, etag, r.term, r.lease_ms, r.released, r.nonce)
+            self.last_read = (r.nonce, r.term, r.renewal)
+        d.read_record(now, EPOCH_NS + t, body, etag)
 
     # -- stop and start (Elector.stop / start), crash and restart ----------------------
 
@@ -787,9 +758,8 @@ class SimNode:
         self.stopping = False
         self.sleeping = False
         self.wake_token = 0
-        c = self.c
         now = self.local(t)
-        if c.begin_release(now):
+        if self.d.begin_stop(now):
             self.sync(t)
             self.final_write = True
             self._begin_write(t, now)
@@ -797,7 +767,7 @@ class SimNode:
         self._finish_stop(t)
 
     def _finish_stop(self, t: int) -> None:
-        self.c.stop(self.local(t))
+        self.d.stopped(self.local(t))
         self.sync(t)
         self.state = S_STOPPED
         if self.w.rec:
@@ -813,7 +783,7 @@ class SimNode:
             return
         c = self.c
         if c.role == STOPPED_ROLE:
-            c.restart(self.local(t), self.w.nonce())  # rule 0: a new incarnation
+            self.d.restart(self.local(t), self.w.nonce())  # rule 0: a new incarnation
             self.oracle = self._new_oracle()
         self.state = S_RUNNING
         if self.w.rec:
@@ -829,14 +799,11 @@ class SimNode:
         self.state = S_CRASHED
         self.paused = False
         self.deferred.clear()
-        self.generation += 1
         self._reset_loop()
-        # Hooks die with the process.
-        self.hook_queue.clear()
-        self.hook_running = False
+        # Hooks and guarded work die with the process.
+        self.d.drop_hooks()
+        self.d.generation += 1
         self.hook_token = 0
-        self.lease_hooks = 0
-        self.release_requested = False
         self.w.checker.crashed(t, self.index)
         self.slot.release_slot()
 
@@ -844,7 +811,11 @@ class SimNode:
         if self.state != S_CRASHED:
             return
         self.slot.restart_slot()
-        self.c = self._new_campaign(t)  # same id, new incarnation
+        # Same id, new incarnation; the count of leadership changes goes on, so
+        # work and hooks of the dead process never match the new one's.
+        self.leaderships_before += self.d.leaderships
+        self.d = self._new_driver(t, self.d.generation)
+        self.c = self.d.campaign
         self.oracle = self._new_oracle()
         self.state = S_RUNNING
         if self.w.rec:
@@ -856,8 +827,17 @@ class SimNode:
         if self.state == S_CRASHED:
             return
         self.timing = timing
-        self.c.configure(
-            timing.lease, timing.frequent, timing.infrequent, timing.margin, -1, self.w.p.peer_mode
+        p = self.w.p
+        self.d.configure(
+            timing.lease,
+            timing.frequent,
+            timing.infrequent,
+            timing.margin,
+            -1,
+            p.peer_mode,
+            storage_timeout_ns=timing.storage_timeout,
+            peer_timeout_ns=p.peer_timeout,
+            hooks=self.d.hooks,
         )
         self.oracle.configured(timing.lease, timing.margin)
         self.sync(t)
@@ -898,6 +878,10 @@ class World:
         self.corrupt = False
         #: True time the stored record was written.
         self.stored_at = 0
+        #: Makes each node's rules: the compiled Campaign (or a twin, or a mutant).
+        self.make_campaign: Callable[..., Campaign] = Campaign
+        #: Rule 9's hold-back in every node's driver (False: that rule's mutant).
+        self.hold_back = HOLD_BACK
         self.nodes = [SimNode(self, i) for i in range(len(p.node_ids))]
         self.fates = list(range(8))
 
@@ -1278,7 +1262,7 @@ class World:
             elif kind == E_WORK:
                 n.on_work(t, token)
             elif kind == E_HOOK and token == n.hook_token:
-                n.on_hook_end(t, *data)
+                n.on_hook_end(t, data)
         self.checker.finished(self.now)
         for n in nodes:
             if n.state == S_RUNNING:
