@@ -51,13 +51,16 @@ def leaders(electors: Iterable[Elector]) -> list[Elector]:
 
 
 async def crash(elector: Elector) -> None:
-    """Kill an elector's tasks without releasing, as a crash would."""
-    for task in (elector._task, elector._hooks_task):
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    elector._task = None
+    """Take an elector off its scheduler and kill its hooks without releasing, as a crash would."""
+    scheduler = elector._sched
+    if scheduler is not None and elector._sched_active:
+        elector._sched_active = False
+        await scheduler._remove(elector, 0.0)  # a step in flight is cancelled
+    task = elector._hooks_task
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     elector._hooks_task = None
 
 

@@ -19,47 +19,43 @@ from fastelect.record import encode_record
 pytestmark = pytest.mark.asyncio
 
 
-class _Breaks(Elector):
-    """An elector whose campaign loop raises once, outside any per-step guard."""
-
-    __slots__ = ()
-    armed = False
-
-    def _dispatch(self, events: int) -> None:
-        if type(self).armed:
-            type(self).armed = False
-            raise RuntimeError("boom in the campaign loop")
-        super()._dispatch(events)
-
-
-async def test_a_failed_campaign_task_steps_down_logs_and_is_raised_by_stop(
+async def test_a_failed_campaign_steps_down_logs_and_is_raised_by_stop(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A step that raises outside the per-step guard (here the slot's heartbeat,
+    given a watchdog past int64: 0.1's OverflowError) ends that elector."""
     lost: list[int] = []
     storage = MemoryStorage()
     # A long lease, so "False" below cannot come from the lease running out.
     config = fast_config(
         "breaks", leader_timeout=5.0, frequent_interval=0.03, on_lose=lambda: lost.append(1)
     )
-    elector = _Breaks(config, storage)
+    elector = Elector(config, storage)
+    bystander = Elector(fast_config("bystander", leader_timeout=5.0), MemoryStorage())
+    watchdog = elector._watchdog
     await elector.start()
+    await bystander.start()
     try:
         await asyncio.wait_for(elector.wait_for_leadership(), 5)
         with caplog.at_level(logging.ERROR, logger="fastelect"):
-            _Breaks.armed = True
-            await wait_until(lambda: not elector.running, 5, "the campaign task never died")
+            elector._watchdog = 1 << 70
+            await wait_until(lambda: not elector.running, 5, "the campaign never died")
         # At once, not at the deadline still seconds away.
         assert elector._campaign.deadline_ns > _core.monotonic_ns() + 1_000_000_000
         assert not elector.is_leader()
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert errors and errors[0].exc_info is not None, "no ERROR with a traceback"
-        assert "boom in the campaign loop" in errors[0].getMessage()
-        assert "boom in the campaign loop" in elector.status().failure
-        with pytest.raises(LifecycleError, match="failed with RuntimeError"):
+        assert "OverflowError" in errors[0].getMessage()
+        assert "OverflowError" in elector.status().failure
+        with pytest.raises(LifecycleError, match="failed with OverflowError"):
             await elector.wait_for_leadership()
+        # The scheduler they share drives the others on.
+        assert bystander.running
+        await asyncio.wait_for(bystander.wait_for_leadership(), 5)
     finally:
-        _Breaks.armed = False
-        with pytest.raises(RuntimeError, match="boom in the campaign loop"):
+        elector._watchdog = watchdog
+        await bystander.stop()
+        with pytest.raises(OverflowError):
             await elector.stop()
     assert lost == [1]  # on_lose once for the leadership that ended
     assert elector.status().failure == ""

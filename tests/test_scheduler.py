@@ -97,7 +97,7 @@ async def test_each_scheduled_elector_leads_its_own_election_and_releases_on_sto
             f"only {sum(e.is_leader() for e in electors)} of {n} scheduled electors lead",
         )
         # Scheduled electors own no task, no events and no hooks task.
-        assert all(e._task is None and e._hooks_task is None for e in electors)
+        assert all(e._hooks_task is None for e in electors)
         assert all(e._leading is None and e._expiry is None for e in electors)
         # They renew: every lease moves forward by a few intervals.
         deadlines = [e.slot.status()["deadline_ns"] for e in electors]

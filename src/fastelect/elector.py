@@ -41,16 +41,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from . import _core
 from ._core import Action, Campaign, Event, LeadershipTable
 from ._hook_threads import HooksStuck, HookThreads
 from ._logfold import LogFold, folded_suffix
+from ._slot_pool import pooled_slot
 from ._stepping import Stepper
 from .config import Duration, ElectorConfig, wait_seconds
 from .driver import (
-    HOLD,
     HOOK_ACQUIRE,
     HOOK_LOSE,
     HOOK_NEW_LEADER,
@@ -68,10 +68,8 @@ from .errors import (
     StorageUnavailable,
 )
 from .peer import PeerChecker
+from .scheduler import Scheduler, default_scheduler
 from .storage.base import BucketNotFound, MinimalStorage, ObjectNotFound, Storage, as_storage
-
-if TYPE_CHECKING:
-    from .scheduler import Scheduler
 
 __all__ = ["Elector", "LeadershipLost", "LeadershipStatus"]
 
@@ -166,7 +164,6 @@ class Elector(_core.LeaseHolder):
         "_fold",
         "_hook_threads",
         "_hooks_task",
-        "_kicked",
         "_last_error",
         "_leading",
         "_log",
@@ -177,6 +174,7 @@ class Elector(_core.LeaseHolder):
         "_sched",
         "_sched_active",
         "_sched_bucket",
+        "_sched_chosen",
         "_sched_coro",
         "_sched_deadline",
         "_sched_expired",
@@ -191,8 +189,6 @@ class Elector(_core.LeaseHolder):
         "_stopping",
         "_storage",
         "_table",
-        "_task",
-        "_waiter",
         "_watchdog",
         "_where",
         "election",
@@ -211,14 +207,14 @@ class Elector(_core.LeaseHolder):
         if not isinstance(config, ElectorConfig):
             raise TypeError("config must be an ElectorConfig")
         storage = as_storage(storage)  # a get/put_if_match-only store gets the rest filled in
-        if scheduler is not None:
-            from .scheduler import Scheduler
-
-            if not isinstance(scheduler, Scheduler):
-                raise TypeError("scheduler must be a fastelect.scheduler.Scheduler")
+        if scheduler is not None and not isinstance(scheduler, Scheduler):
+            raise TypeError("scheduler must be a fastelect.scheduler.Scheduler")
         self._config = config.copy()
         self._storage = storage
         self._log = logger or logging.getLogger(__name__)
+        # The executor that runs this elector: the one passed, else (from each
+        # start() on) its event loop's default scheduler.
+        self._sched_chosen = scheduler
         self._sched = scheduler
         if table is not None:
             self._table = table
@@ -226,8 +222,7 @@ class Elector(_core.LeaseHolder):
         elif scheduler is not None:
             self._table, self._slot = scheduler._new_slot(config.server_id)
         else:
-            self._table = LeadershipTable(slots=1)
-            self._slot = self._table.slot(election, config.server_id)
+            self._table, self._slot = pooled_slot(config.server_id)
         self.election = election
         # The hot path: is_leader() is the compiled base's method, read from this slot.
         self._hold_slot(self._slot)
@@ -261,14 +256,10 @@ class Elector(_core.LeaseHolder):
         self._peer: PeerChecker | None = None
         self._retired_peers: tuple[PeerChecker, ...] = ()
         self._peer_healthy = True
-        self._task: asyncio.Task[None] | None = None
         # Runs the driver's queued hooks, one at a time; made when one is queued.
         self._hooks_task: asyncio.Task[None] | None = None
         # Made at the first sync hook: threads of this elector's own (rule 9).
         self._hook_threads: HookThreads | None = None
-        # Set by _kick(): the loop must look at the campaign again before sleeping.
-        self._kicked = False
-        self._waiter: asyncio.Future[None] | None = None
         self._leading: asyncio.Event | None = None
         self._changed: asyncio.Event | None = None
         self._first_cycle: asyncio.Event | None = None
@@ -327,9 +318,7 @@ class Elector(_core.LeaseHolder):
     @property
     def running(self) -> bool:
         """True between start() and stop()."""
-        if self._sched is not None:
-            return self._sched_active and not self._forked()
-        return self._task is not None and not self._task.done() and not self._forked()
+        return self._sched_active and not self._forked()
 
     def _forked(self) -> bool:
         # Rule 7: an elector inherited through fork() is inert in the child.
@@ -379,71 +368,47 @@ class Elector(_core.LeaseHolder):
         if self.running:
             raise LifecycleError(f"elector {self._config.server_id!r} is already running")
         await self._check_store(wait_seconds("wait_for_store", wait_for_store))
-        if self._sched is not None:
-            self._start_scheduled()
-            return
-        loop = asyncio.get_running_loop()
-        self._kicked = False
-        self._leading = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._first_cycle = asyncio.Event()
-        self._stopping = False
-        # Rule 0: every start is a new incarnation with a fresh nonce.
-        self._driver.restart(_core.monotonic_ns())
-        self._failure = None
-        self._task = loop.create_task(self._run_guarded(), name=f"fastelect-{self.election}")
-        self._task.add_done_callback(self._task_done)
-        self._log.info(
-            "elector %s campaigning for %s", self._config.server_id, self._where, extra=self._extra
-        )
-
-    def _start_scheduled(self) -> None:
-        # Events, the hooks queue and its task are made when first needed:
-        # most of 100,000 electors never need them.
-        assert self._sched is not None
-        self._kicked = False
+        sched = self._sched_chosen
+        if sched is None:
+            sched = default_scheduler()
+        # Events, the hooks task and the expiry timer are made when first
+        # needed: most of 100,000 electors never need them.
         self._leading = self._changed = self._first_cycle = None
         self._cycled = False
         self._stopping = False
+        self._failure = None
         self._driver.restart(_core.monotonic_ns())  # rule 0: a fresh nonce
-        self._sched._add(self)
+        sched._add(self)
+        self._sched = sched
         self._sched_active = True
-        self._log.debug(
-            "elector %s campaigning for %s (scheduled)",
-            self._config.server_id,
-            self._where,
-            extra=self._extra,
+        self._log.info(
+            "elector %s campaigning for %s", self._config.server_id, self._where, extra=self._extra
         )
 
     async def stop(self) -> None:
         """Stop campaigning; a leader releases its record so others take over at once.
 
-        Runs ``on_lose`` if we were leading.  Safe to call twice.
+        Runs ``on_lose`` if we were leading.  Safe to call twice.  Raises what
+        made the elector fail, if something did (``status().failure``).
         """
-        if self._sched is not None:
-            await self._stop_scheduled()
+        if not self._sched_active:
+            if self._failure is not None and not self._forked():
+                # It failed: the scheduler took it off and it stepped down.
+                await self._finish_stop()
+            failure, self._failure = self._failure, None
+            if failure is not None:
+                raise failure
             return
-        task = self._task
-        if task is None:
-            return
+        self._sched_active = False
         if self._forked():
             # The campaign belongs to the parent: releasing its record from here
             # would end the parent's leadership behind its back.
-            self._task = None
             return
         self._stopping = True
-        self._kick()
         bound = float(self._config.storage_timeout) + 1.0  # type: ignore[arg-type]
-        try:
-            await asyncio.wait_for(asyncio.shield(task), bound)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        except Exception:
-            pass  # _task_done logged it and stepped down; raised below, after the cleanup
+        assert self._sched is not None
+        await self._sched._remove(self, bound)
         await self._finish_stop()
-        self._task = None
         self._log.info("elector %s stopped", self._config.server_id, extra=self._extra)
         failure, self._failure = self._failure, None
         if failure is not None:
@@ -489,30 +454,10 @@ class Elector(_core.LeaseHolder):
                 )
             return
 
-    async def _run_guarded(self) -> None:
-        """``_run``, failing loudly inside the task.
-
-        The step-down happens before the task counts as done: a done
-        callback runs a loop iteration later, and in between ``running``
-        would be False while ``is_leader()`` still said True.
-        """
-        try:
-            await self._run()
-        except Exception as exc:
-            self._fail(exc)
-            raise
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        """The campaign task ended: if it died outside ``_run_guarded``, fail now."""
-        if task.cancelled() or task.exception() is None:
-            return
-        exc = task.exception()
-        assert exc is not None
-        if self._failure is not exc:
-            self._fail(exc)
-
     def _fail(self, exc: BaseException) -> None:
-        """The campaign task died: end the elector loudly (issue 19).
+        """Its step failed outside the storage's typed errors: end the elector loudly (issue 19).
+
+        Called by the scheduler, which has already taken it off its wheel.
 
         A dead campaign renews nothing, so the node steps down at once
         (``is_leader()`` False, ``on_lose`` queued) instead of answering
@@ -520,6 +465,7 @@ class Elector(_core.LeaseHolder):
         its traceback, shown by ``status().failure`` and raised by ``stop()``.
         """
         self._failure = exc
+        self._sched_active = False
         self._log.error(
             "elector %s for %s failed and stopped campaigning: %s; stop() raises it",
             self._config.server_id,
@@ -535,19 +481,6 @@ class Elector(_core.LeaseHolder):
         for event in (self._leading, self._changed, self._first_cycle):
             if event is not None:
                 event.set()  # waiters wake and find the elector not running
-
-    async def _stop_scheduled(self) -> None:
-        assert self._sched is not None
-        if not self._sched_active:
-            return
-        self._sched_active = False
-        if self._forked():
-            return  # the campaign belongs to the parent (see stop())
-        self._stopping = True
-        bound = float(self._config.storage_timeout) + 1.0  # type: ignore[arg-type]
-        await self._sched._remove(self, bound)
-        await self._finish_stop()
-        self._log.debug("elector %s stopped", self._config.server_id, extra=self._extra)
 
     async def _finish_stop(self) -> None:
         # The leader hands its record back, then on_lose runs (rule 9).
@@ -578,10 +511,10 @@ class Elector(_core.LeaseHolder):
     async def wait_for_leadership(self) -> None:
         """Return once this node leads (at once if it already does)."""
         while not self.is_leader():
-            if self._leading is None and self._sched is not None and self.running:
-                self._leading = asyncio.Event()
-            if not self.running or self._leading is None:
+            if not self.running:
                 raise LifecycleError(self._not_running()) from self._failure
+            if self._leading is None:
+                self._leading = asyncio.Event()
             await self._leading.wait()
             if not self.is_leader():
                 await asyncio.sleep(0)
@@ -593,7 +526,9 @@ class Elector(_core.LeaseHolder):
 
     async def wait_for_election(self) -> LeadershipStatus:
         """Return once the first election cycle completed (leader or follower known)."""
-        if self._first_cycle is None and self._sched is not None and self.running:
+        if not self.running:
+            raise LifecycleError(self._not_running())
+        if self._first_cycle is None:
             self._first_cycle = asyncio.Event()
             if self._cycled:
                 self._first_cycle.set()
@@ -611,10 +546,10 @@ class Elector(_core.LeaseHolder):
         term or our role already differ from it.
         """
         while True:
-            if self._changed is None and self._sched is not None and self.running:
-                self._changed = asyncio.Event()
+            if not self.running:
+                raise LifecycleError(self._not_running())
             if self._changed is None:
-                raise LifecycleError("elector is not running")
+                self._changed = asyncio.Event()
             changed = self._changed
             if since is not None:
                 now = self.status()
@@ -773,66 +708,10 @@ class Elector(_core.LeaseHolder):
     # -- the loop ------------------------------------------------------------------
 
     def _kick(self) -> None:
-        if self._sched is not None:
+        # Look at the campaign again now (stop, release, new config, expiry).
+        if self._sched_active:
+            assert self._sched is not None
             self._sched._kick(self)
-            return
-        self._kicked = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    @property
-    def _watchdog_ns(self) -> int:
-        return self._watchdog
-
-    async def _run(self) -> None:
-        d = self._driver
-        c = self._campaign
-        while not self._stopping:
-            now = _core.monotonic_ns()
-            action = d.poll(now)
-            self._dispatch(d.take_events())
-            self._slot.heartbeat(now, self._watchdog_ns)
-            if action == HOLD:
-                # Rule 9: the last leadership's hooks (each bounded by
-                # hook_timeout) finish before a new one begins; they kick us.
-                await self._sleep_until(d.hold_until(now))
-                continue
-            try:
-                if action == Action.WAIT:
-                    await self._sleep_until(c.next_at_ns)
-                elif action == Action.READ:
-                    await self._read()
-                elif action == Action.PEER_CHECK:
-                    await self._peer_check()
-                else:
-                    await self._write()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A bug, not a storage failure: log it loudly and keep campaigning.
-                self._log.exception("elector step failed", extra=self._extra)
-                await asyncio.sleep(self._config.frequent)
-            self._dispatch(d.take_events())
-
-    async def _sleep_until(self, at_ns: int) -> None:
-        # A bare future and a timer: cheaper than asyncio.timeout, which ends
-        # every ordinary sleep by raising and catching an exception.
-        if self._kicked:
-            self._kicked = False
-            return
-        delay = (at_ns - _core.monotonic_ns()) / _NS
-        if delay <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(delay, _wake_up, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-            self._kicked = False
 
     async def _sched_step(self, action: int) -> None:
         """One step the scheduler started: the body of one turn of ``_run``."""
@@ -855,11 +734,15 @@ class Elector(_core.LeaseHolder):
         finally:
             self._sched_op = False
             self._sched_expired = False
-            events = d.take_events()
-            if events:
-                self._dispatch(events)
-            assert self._sched is not None
-            self._sched._op_done(self)
+            sched = self._sched
+            assert sched is not None
+            try:
+                events = d.take_events()
+                if events:
+                    self._dispatch(events)
+            except Exception as exc:
+                sched._failed(self, exc)
+            sched._op_done(self)
 
     def _step_bound_ns(self, action: int, now: int) -> int:
         """How long the scheduler lets one step run before cancelling it."""
@@ -1086,9 +969,8 @@ class Elector(_core.LeaseHolder):
             )
             if self._leading is not None:
                 self._leading.set()
-        if c.role == _core.Role.LEADER and (
-            self._sched is None or self._scoped or self._leading is not None
-        ):
+        if c.role == _core.Role.LEADER and (self._scoped or self._leading is not None):
+            # Only while work depends on the lease: the scheduler renews on time anyway.
             self._arm_expiry(c.deadline_ns)
         if events & Event.EV_NEW_LEADER:
             # A released record keeps the id of the leader that left: nobody leads.
@@ -1100,7 +982,7 @@ class Elector(_core.LeaseHolder):
         if events & changes and self._changed is not None:
             # Wake every waiter of this change; later waiters wait for the next one.
             self._changed.set()
-            self._changed = asyncio.Event() if self._sched is None else None
+            self._changed = None
 
     def _report_duplicate(self, nonce: str) -> None:
         # The driver reports each clashing nonce once.

@@ -15,8 +15,10 @@ Under overload the order is fixed:
 3. campaigns (CREATE / TAKEOVER) last, and only while the process keeps up.
 
 The process "keeps up" while due work starts within ``lag_limit`` of its due
-time and its load (the larger of its CPU share of one core and the driver's
-share of wall time, over half a second) stays under ``cpu_limit``.  When it
+time (a lateness that lasts ``lag_limit``: one late turn, a GC pass or a
+blocking call elsewhere, is not overload) and its load (the larger of its
+CPU share of one core and the driver's share of wall time, over half a
+second) stays under ``cpu_limit``.  When it
 does not, waiting polls and campaigns are *shed*: put back by one to two
 ``frequent_interval`` (jittered), counted in :attr:`Scheduler.stats` and
 reported by a rate-limited WARNING.  Campaigns stop earlier, past
@@ -44,6 +46,7 @@ import asyncio
 import logging
 import random
 import time
+import weakref
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -59,7 +62,7 @@ from .errors import ConfigError, LifecycleError
 if TYPE_CHECKING:
     from .elector import Elector
 
-__all__ = ["Scheduler", "SchedulerStats"]
+__all__ = ["Scheduler", "SchedulerStats", "default_scheduler"]
 
 _NS = 1_000_000_000
 _RENEW = int(Action.RENEW)
@@ -193,6 +196,8 @@ class Scheduler:
         self._shed_since_warn = 0
         self._dropped_since_warn = 0
         self._busy = 0.0  # the larger of CPU share and the driver's share of wall time
+        #: Since when every turn has served its due work more than lag_limit / 4 late (or 0).
+        self._late_since = 0
         self._busy_ns = 0
 
     # -- public API ----------------------------------------------------------------
@@ -255,6 +260,14 @@ class Scheduler:
                 await asyncio.wait({task})
         finally:
             elector._sched_finished = None
+
+    def _failed(self, elector: Elector, exc: BaseException) -> None:
+        """An elector's step raised past its own guard: end that elector, loudly, not the rest."""
+        if elector not in self._active:
+            return
+        self._active.discard(elector)
+        elector._sched_bucket = -1
+        elector._fail(exc)
 
     def _kick(self, elector: Elector) -> None:
         """Look at ``elector``'s campaign again now (stop, release, new config, expiry)."""
@@ -327,6 +340,11 @@ class Scheduler:
         except StopIteration:
             elector._sched_coro = None
             return  # the step's own ``finally`` already called _op_done
+        except Exception as exc:  # the step guards itself; this is a bug past its guard
+            elector._sched_coro = None
+            self._failed(elector, exc)
+            self._op_done(elector)
+            return
         if yielded is None:
             elector._sched_coro = coro
             self._resume.append(elector)
@@ -356,6 +374,13 @@ class Scheduler:
                 self._sweep(now)
             self._measure_cpu(now)
             lag = self._take_due(now)
+            # A lag counts only once it lasts: one late turn (a GC pass, a
+            # blocking call elsewhere, a starved machine) is not this
+            # scheduler's overload, and shedding would only slow failover.
+            if lag * 4 <= self.lag_limit_ns:
+                self._late_since = 0
+            elif not self._late_since:
+                self._late_since = now
             self._start_ready(now, lag)
             self._busy_ns += _core.monotonic_ns() - now
             # Sleep until the next due step, the next sweep or a kick.
@@ -404,11 +429,15 @@ class Scheduler:
                 continue  # listed twice (kicked), or stopped meanwhile
             elector._sched_bucket = -1
             d = elector._driver
-            action = d.poll(now)
-            events = d.take_events()
-            if events:
-                elector._dispatch(events)
-            elector._slot.heartbeat(now, elector._watchdog)
+            try:
+                action = d.poll(now)
+                events = d.take_events()
+                if events:
+                    elector._dispatch(events)
+                elector._slot.heartbeat(now, elector._watchdog)
+            except Exception as exc:  # a bug: it ends this elector, loudly, not the others
+                self._failed(elector, exc)
+                continue
             if action == _WAIT:
                 c = d.campaign
                 if c.role != _core.Role.STOPPED:
@@ -458,7 +487,11 @@ class Scheduler:
                 d = elector._driver
                 d.step_down(now)
                 elector._slot.count(_C_OVERLOAD_STEPDOWNS)
-                elector._dispatch(d.take_events())
+                try:
+                    elector._dispatch(d.take_events())
+                except Exception as exc:
+                    self._failed(elector, exc)
+                    continue
                 self._push(elector, d.hold_until(now))
             dropped = len(renewals) - keep
             stats.dropped_leaderships += dropped
@@ -473,7 +506,10 @@ class Scheduler:
         if not ready:
             return
         stats = self.stats
-        overloaded = lag > self.lag_limit_ns or self._busy > self.cpu_limit
+        late_for = now - self._late_since if self._late_since else 0
+        overloaded = (
+            lag > self.lag_limit_ns and late_for >= self.lag_limit_ns
+        ) or self._busy > self.cpu_limit
         if not overloaded and now - ready[0][2] > self.lag_limit_ns:
             overloaded = True  # steps waited too long for room in flight
         if overloaded:
@@ -481,7 +517,7 @@ class Scheduler:
             return
         # A won campaign is a renewal every interval from then on: start new
         # ones only with room to spare, or the leaderships held pay for them.
-        campaigns = self._busy < self.campaign_limit and lag * 4 <= self.lag_limit_ns
+        campaigns = self._busy < self.campaign_limit and late_for * 4 < self.lag_limit_ns
         room = self.max_inflight - self._inflight_other
         held_back: list[tuple[Elector, int, int]] = []
         while ready and room > 0:
@@ -604,3 +640,22 @@ def _leader_since(elector: Elector) -> int:
 def _set_done(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+#: Each event loop's default scheduler (``default_scheduler``).
+_defaults: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Scheduler]
+_defaults = weakref.WeakKeyDictionary()
+
+
+def default_scheduler() -> Scheduler:
+    """The running event loop's scheduler for electors built without ``scheduler=``.
+
+    One per loop, made on first use and gone with its loop: every elector of
+    a process shares its timer wheel, its renew-first order under overload,
+    and its pooled tables.
+    """
+    loop = asyncio.get_running_loop()
+    scheduler = _defaults.get(loop)
+    if scheduler is None:
+        scheduler = _defaults[loop] = Scheduler()
+    return scheduler
