@@ -31,108 +31,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-import math
 import os
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from . import _core
-from ._core import Action, Campaign, Event, LeadershipTable
-from ._hook_threads import HooksStuck, HookThreads
-from ._logfold import LogFold, folded_suffix
+from ._core import Campaign, Event, LeadershipTable
+from ._elector_hooks import HookRunner, hook_mask
+from ._elector_io import StorageSteps
+from ._leader_work import LeaderWork
 from ._slot_pool import pooled_slot
-from ._stepping import Stepper
 from .config import Duration, ElectorConfig, wait_seconds
-from .driver import (
-    HOOK_ACQUIRE,
-    HOOK_LOSE,
-    HOOK_NEW_LEADER,
-    READ_GARBAGE,
-    READ_LONG_LEASE,
-    Driver,
-)
-from .errors import (
-    ConfigError,
-    FastelectError,
-    LifecycleError,
-    PreconditionFailed,
-    StorageAuthError,
-    StorageError,
-    StorageUnavailable,
-)
+from .driver import Driver
+from .errors import ConfigError, LifecycleError
 from .peer import PeerChecker
 from .scheduler import Scheduler, default_scheduler
-from .storage.base import BucketNotFound, MinimalStorage, ObjectNotFound, Storage, as_storage
+from .status import LeadershipLost, LeadershipStatus, describe, mono_to_wall
+from .storage.base import MinimalStorage, Storage, as_storage
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    from ._hook_threads import HookThreads
+    from ._logfold import LogFold
 
 __all__ = ["Elector", "LeadershipLost", "LeadershipStatus"]
 
-T = TypeVar("T")
-_NS = 1_000_000_000
 
-
-class LeadershipLost(FastelectError):
-    """Leader-only work was cancelled because this node's leadership ended."""
-
-
-@dataclass(frozen=True, slots=True)
-class LeadershipStatus:
-    """A snapshot of what an elector knows (s3lect's fields plus ``term``)."""
-
-    server_id: str
-    lockfile_path: str
-    is_leader: bool
-    leader_id: str
-    leader_addr: str
-    #: When the leader was last confirmed alive (by storage or a peer check).
-    leader_last_seen: datetime | None
-    #: When leadership last changed hands as seen by this node.
-    last_election_time: datetime | None
-    consecutive_fails: int
-    #: The fencing token of the current leadership (ours when leading).
-    term: int
-    #: The nonce of another live process writing under our ``server_id``
-    #: ("" unless such a clash was seen; see ``docs/safety.md``, rule 0).
-    duplicate_id_nonce: str = ""
-    #: Why the elector's background task died ("" while it runs or after a
-    #: clean stop); ``stop()`` raises that failure.
-    failure: str = ""
-
-
-# start(wait_for_store=...): the pause after the first failed check, and the cap.
-_FIRST_STORE_RETRY = 0.1
-_LAST_STORE_RETRY = 5.0
-_jitter = random.Random()
-
-
-class _HookTimeout(TimeoutError):
-    """A hook ran past ``hook_timeout`` (rule 9: it counts as failed)."""
-
-
-def _wake_up(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _mono_to_wall(mono_ns: int) -> datetime | None:
-    if mono_ns <= 0:
-        return None
-    wall = time.time_ns() - (_core.monotonic_ns() - mono_ns)
-    return datetime.fromtimestamp(wall / _NS, UTC)
-
-
-class Elector(_core.LeaseHolder):
+class Elector(StorageSteps, HookRunner, LeaderWork, _core.LeaseHolder):
     """Campaigns for one lock record and answers ``is_leader()`` in nanoseconds.
 
     ``table``/``election`` choose where the leadership is published: by
@@ -246,7 +173,7 @@ class Elector(_core.LeaseHolder):
             lease_ns=config.ns("leader_timeout"),
             storage_timeout_ns=config.ns("storage_timeout"),
             peer_timeout_ns=config.ns("peer_timeout"),
-            hooks=_hook_mask(config),
+            hooks=hook_mask(config),
         )
         self._campaign = campaign
         self._where = storage.describe(config.lockfile_path)
@@ -340,12 +267,12 @@ class Elector(_core.LeaseHolder):
             is_leader=leading,
             leader_id=c.leader_id,
             leader_addr=c.leader_addr,
-            leader_last_seen=_mono_to_wall(seen),
-            last_election_time=_mono_to_wall(c.last_election_ns),
+            leader_last_seen=mono_to_wall(seen),
+            last_election_time=mono_to_wall(c.last_election_ns),
             consecutive_fails=c.consecutive_fails,
             term=self.term,
             duplicate_id_nonce=c.duplicate_nonce,
-            failure="" if self._failure is None else _describe(self._failure),
+            failure="" if self._failure is None else describe(self._failure),
         )
 
     async def start(self, *, wait_for_store: Duration = 0.0) -> None:
@@ -414,46 +341,6 @@ class Elector(_core.LeaseHolder):
         if failure is not None:
             raise failure
 
-    async def _check_store(self, wait: float) -> None:
-        if wait <= 0:
-            await self._storage.check()
-            return
-        give_up = time.monotonic() + wait
-        pause = _FIRST_STORE_RETRY
-        attempt = 0
-        while True:
-            try:
-                await self._storage.check()
-            except StorageUnavailable as exc:
-                attempt += 1
-                left = give_up - time.monotonic()
-                if left <= 0:
-                    raise
-                delay = min(left, pause * (1.0 + _jitter.random() / 4))
-                self._log.warning(
-                    "%s cannot reach the store for %s at start (attempt %d): %s; next try in"
-                    " %.1f s%s",
-                    self._config.server_id,
-                    self._where,
-                    attempt,
-                    exc,
-                    delay,
-                    "" if wait == math.inf else f", giving up in {left:.0f} s",
-                    extra=self._extra,
-                )
-                await asyncio.sleep(delay)
-                pause = min(pause * 2, _LAST_STORE_RETRY)
-                continue
-            if attempt:
-                self._log.info(
-                    "%s reached the store for %s after %d failed attempts",
-                    self._config.server_id,
-                    self._where,
-                    attempt,
-                    extra=self._extra,
-                )
-            return
-
     def _fail(self, exc: BaseException) -> None:
         """Its step failed outside the storage's typed errors: end the elector loudly (issue 19).
 
@@ -470,7 +357,7 @@ class Elector(_core.LeaseHolder):
             "elector %s for %s failed and stopped campaigning: %s; stop() raises it",
             self._config.server_id,
             self._where,
-            _describe(exc),
+            describe(exc),
             exc_info=exc,
             extra=self._extra,
         )
@@ -522,7 +409,7 @@ class Elector(_core.LeaseHolder):
     def _not_running(self) -> str:
         if self._failure is None:
             return "elector is not running"
-        return f"elector is not running: it failed with {_describe(self._failure)}"
+        return f"elector is not running: it failed with {describe(self._failure)}"
 
     async def wait_for_election(self) -> LeadershipStatus:
         """Return once the first election cycle completed (leader or follower known)."""
@@ -591,7 +478,7 @@ class Elector(_core.LeaseHolder):
             new.peer_mode and self._peer is not None,
             storage_timeout_ns=new.ns("storage_timeout"),
             peer_timeout_ns=new.ns("peer_timeout"),
-            hooks=_hook_mask(new),
+            hooks=hook_mask(new),
         )
         if new.peer_mode and self._peer is None:
             assert new.peer_ca_cert is not None
@@ -613,98 +500,6 @@ class Elector(_core.LeaseHolder):
 
     # -- leader-scoped work --------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def leadership(self) -> AsyncIterator[int]:
-        """``async with elector.leadership() as term:`` run a block only while leading.
-
-        Waits for leadership, yields the term (fencing token) and cancels the
-        block the moment leadership ends, raising :class:`LeadershipLost`.
-        """
-        await self.wait_for_leadership()
-        task = asyncio.current_task()
-        assert task is not None
-        generation = self._driver.generation
-        if self._scoped is None:
-            self._scoped = set()
-        self._scoped.add(task)
-        if self._expiry is None and self._campaign.role == _core.Role.LEADER:
-            # Scheduled electors arm the lease timer only while work depends on it.
-            self._arm_expiry(self._campaign.deadline_ns)
-        try:
-            if generation != self._driver.generation or not self.is_leader():
-                raise LeadershipLost("leadership ended before the block started")
-            yield self.term
-        except asyncio.CancelledError:
-            if getattr(task, "_fastelect_lost", False):
-                task._fastelect_lost = False  # type: ignore[attr-defined]
-                task.uncancel()
-                raise LeadershipLost(
-                    f"{self._config.server_id} lost leadership of {self._where}"
-                ) from None
-            raise
-        except LeadershipLost:
-            if getattr(task, "_fastelect_lost", False):
-                # The expiry timer cancelled us too; that cancel is answered here.
-                task._fastelect_lost = False  # type: ignore[attr-defined]
-                task.uncancel()
-            raise
-        finally:
-            self._scoped.discard(task)
-
-    def fence(self, term: int | None = None) -> int:
-        """Check the lease now, before a side effect; return the term (fencing token).
-
-        Raises :class:`LeadershipLost` unless this node leads at this instant
-        (the same compiled check as ``is_leader()``) and, when ``term`` is
-        given, still in that same leadership.  Use it in a ``leadership()``
-        block before each write that must not happen outside the lease, and
-        pass the term to systems that can reject stale ones.
-        """
-        if not self._slot.is_leader():
-            raise LeadershipLost(f"{self._config.server_id} does not lead {self._where}")
-        current = int(self._campaign.term)
-        if term is not None and term != current:
-            raise LeadershipLost(
-                f"leadership of term {term} ended (now term {current}) at {self._where}"
-            )
-        return current
-
-    async def run_while_leader(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Wait for leadership, then run ``fn()`` as guarded leader work.
-
-        The coroutine is driven step by step and never resumed once the lease
-        has ended (rule 6): a step already running when the deadline passes
-        finishes, but no later step starts.  Returns ``fn``'s result, or
-        raises :class:`LeadershipLost`.
-        """
-        async with self.leadership():
-            driver = self._driver
-            generation = driver.generation
-            slot_is_leader = self._slot.is_leader
-
-            def alive() -> bool:
-                return generation == driver.generation and slot_is_leader()
-
-            work = fn()
-            if not inspect.iscoroutine(work):
-                raise TypeError(f"run_while_leader needs a coroutine function, got {work!r}")
-            guard = Stepper(work, alive)
-            try:
-                result: T = await guard
-            except asyncio.CancelledError:
-                if guard.lost:
-                    raise LeadershipLost(
-                        f"{self._config.server_id} lost leadership of {self._where}"
-                    ) from None
-                raise
-            if guard.lost:
-                raise LeadershipLost(
-                    f"{self._config.server_id} lost leadership of {self._where} "
-                    "(the work returned after being cancelled)"
-                )
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
-
     # -- the loop ------------------------------------------------------------------
 
     def _kick(self) -> None:
@@ -713,227 +508,9 @@ class Elector(_core.LeaseHolder):
             assert self._sched is not None
             self._sched._kick(self)
 
-    async def _sched_step(self, action: int) -> None:
-        """One step the scheduler started: the body of one turn of ``_run``."""
-        d = self._driver
-        self._sched_op = True
-        try:
-            if action == Action.READ:
-                await self._read()
-            elif action == Action.PEER_CHECK:
-                await self._peer_check()
-            else:
-                await self._write()
-        except asyncio.CancelledError:
-            if not self._op_expired():
-                raise
-            # Only a peer check lets the scheduler's bound reach this far.
-            d.peer_answered(_core.monotonic_ns(), False)
-        except Exception:
-            self._log.exception("elector step failed", extra=self._extra)
-        finally:
-            self._sched_op = False
-            self._sched_expired = False
-            sched = self._sched
-            assert sched is not None
-            try:
-                events = d.take_events()
-                if events:
-                    self._dispatch(events)
-            except Exception as exc:
-                sched._failed(self, exc)
-            sched._op_done(self)
-
     def _step_bound_ns(self, action: int, now: int) -> int:
         """How long the scheduler lets one step run before cancelling it."""
         return self._driver.step_bound_ns(action, now)
-
-    def _op_expired(self) -> bool:
-        """True (once) if the scheduler cancelled this step for outliving its bound."""
-        if not self._sched_expired:
-            return False
-        self._sched_expired = False
-        task = asyncio.current_task()
-        if task is not None:
-            task.uncancel()
-        return True
-
-    def _op_timeout(self) -> float:
-        return self._driver.op_timeout_ns(_core.monotonic_ns()) / _NS
-
-    async def _read(self) -> None:
-        d = self._driver
-        key = self._config.lockfile_path
-        try:
-            try:
-                if self._sched_op:  # the scheduler bounds the step (one sweep, no timer)
-                    body, etag = await self._storage.get(key)
-                else:
-                    async with asyncio.timeout(self._op_timeout()):
-                        body, etag = await self._storage.get(key)
-            except asyncio.CancelledError:
-                if not self._op_expired():
-                    raise
-                raise TimeoutError(f"read of {self._where} outlived its bound") from None
-        except ObjectNotFound:
-            d.read_missing(_core.monotonic_ns())
-            if self._fold is not None:
-                self._storage_ok("read")
-            return
-        except (StorageError, TimeoutError, OSError) as exc:
-            d.read_failed(_core.monotonic_ns(), isinstance(exc, StorageAuthError | BucketNotFound))
-            self._storage_failed("read", exc)
-            return
-        # Rule 1: stamped when the answer arrived.
-        seen = d.read_record(_core.monotonic_ns(), time.time_ns(), body, etag)
-        if self._fold is not None:
-            self._storage_ok("read")
-        if seen == READ_GARBAGE:
-            self._log.warning(
-                "unreadable lock record at %s (etag %s): %s; it is replaced only once stale",
-                self._where,
-                etag,
-                d.record_error,
-                extra=self._extra,
-            )
-        elif seen == READ_LONG_LEASE:
-            # Rule 1 honours the longer lease, so a crashed holder of this record
-            # blocks the election that long: the driver says so once per record.
-            record = d.record
-            assert record is not None
-            self._log.warning(
-                "lock record at %s (leader %s, term %d) advertises a lease of %.3f s, more than "
-                "10x ours (%.3f s): if its holder dies, the election is blocked for up to %.3f s",
-                self._where,
-                record.leader_id,
-                record.term,
-                record.lease_ms / 1000,
-                self._config.lease,
-                record.lease_ms / 1000,
-                extra=self._extra,
-            )
-
-    async def _write(self) -> None:
-        d = self._driver
-        cfg = self._config
-        kind, body, if_match, term, wall, cut = d.begin_write(_core.monotonic_ns(), time.time_ns())
-        if cut:
-            # A renewal advertising a shorter lease capped ours (rule 2): the
-            # expiry that cancels leader work must follow it down.
-            self._arm_expiry(self._campaign.deadline_ns)
-        try:
-            try:
-                if self._sched_op:
-                    etag = await self._storage.put_if_match(cfg.lockfile_path, body, if_match)
-                else:
-                    async with asyncio.timeout(self._op_timeout()):
-                        etag = await self._storage.put_if_match(cfg.lockfile_path, body, if_match)
-            except asyncio.CancelledError:
-                if not self._op_expired():
-                    raise
-                raise TimeoutError(f"write of {self._where} outlived its bound") from None
-        except PreconditionFailed:
-            self._log.debug(
-                "conditional %s of %s lost (term %d)",
-                _core.ACTION_NAMES[kind],
-                self._where,
-                term,
-                extra=self._extra,
-            )
-            d.write_conflicted(_core.monotonic_ns())
-            if self._fold is not None:
-                self._storage_ok("write")
-            return
-        except (StorageError, TimeoutError, OSError) as exc:
-            d.write_failed(_core.monotonic_ns(), isinstance(exc, StorageAuthError | BucketNotFound))
-            self._storage_failed(_core.ACTION_NAMES[kind], exc)
-            return
-        d.write_succeeded(_core.monotonic_ns(), etag, wall)
-        if self._fold is not None:
-            self._storage_ok("write")
-
-    async def _peer_check(self) -> None:
-        c = self._campaign
-        if self._peer is None:
-            self._driver.peer_answered(_core.monotonic_ns(), False)
-            return
-        answer = await self._peer.check(c.leader_addr, self._config.peer_health_path, c.leader_id)
-        if not answer.ok:
-            # Say it once per outage at INFO; a leader without a health server
-            # would otherwise log this every other interval.
-            level = logging.INFO if self._peer_healthy else logging.DEBUG
-            self._log.log(
-                level,
-                "peer check of leader %s at %s failed (%s); reading %s",
-                c.leader_id,
-                c.leader_addr,
-                answer.reason,
-                self._where,
-                extra=self._extra,
-            )
-        self._peer_healthy = answer.ok
-        self._driver.peer_answered(_core.monotonic_ns(), answer.ok, answer.leader_id, answer.etag)
-
-    def _storage_failed(self, action: str, exc: BaseException) -> None:
-        # One WARNING line per failure: what failed, where, and what happens
-        # next; repeats folded (a refused permission once per streak), and
-        # the traceback only at DEBUG.
-        self._last_error = exc
-        c = self._campaign
-        now = _core.monotonic_ns()
-        op = "read" if action == "read" else "write"
-        refused = isinstance(exc, StorageAuthError | BucketNotFound)
-        fails = c.read_fails if op == "read" else c.write_fails
-        if self._fold is None:
-            self._fold = LogFold()
-        admitted = self._fold.admit((op, type(exc).__name__), now, once=refused)
-        if self._log.isEnabledFor(logging.DEBUG):
-            self._log.debug(
-                "%s of %s failed (%d in a row)",
-                action,
-                self._where,
-                fails,
-                exc_info=exc,
-                extra=self._extra,
-            )
-        if admitted is None:
-            return
-        delay = max(0, c.next_at_ns - now) / _NS
-        then = "at once" if delay < 0.001 else f"in {delay:.3g} s"
-        step = _core.ACTION_NAMES[c.next_action]
-        if c.role == _core.Role.LEADER:
-            left = max(0, c.deadline_ns - now) / _NS
-            upshot = f"still leading for {left:.3g} s of lease; next {step} {then}"
-        else:
-            upshot = f"next {step} {then}"
-        if refused:
-            upshot += ", then every F or slower until it works; said once until then"
-        self._log.warning(
-            "%s of %s failed (%d in a row): %s: %s; %s%s",
-            action,
-            self._where,
-            fails,
-            type(exc).__name__,
-            exc or "no detail",
-            upshot,
-            folded_suffix(*admitted),
-            extra=self._extra,
-        )
-
-    def _storage_ok(self, op: str) -> None:
-        # A request of this kind was answered: its failure streak ended.
-        assert self._fold is not None
-        ended = self._fold.end(op, _core.monotonic_ns())
-        if ended is not None:
-            self._log.info(
-                "%ss of %s work again%s",
-                op,
-                self._where,
-                folded_suffix(*ended),
-                extra=self._extra,
-            )
-        if not self._fold:
-            self._fold = None  # back to the bare fast path
 
     # -- events and hooks ----------------------------------------------------------
 
@@ -995,141 +572,3 @@ class Elector(_core.LeaseHolder):
             self._campaign.nonce,
             extra={**self._extra, "duplicate_nonce": nonce},
         )
-
-    def _arm_expiry(self, deadline_ns: int) -> None:
-        # Leader-only work must not outlive the lease (rule 6), even if the loop
-        # is busy awaiting a slow write when the deadline comes.
-        self._cancel_expiry()
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, (deadline_ns - _core.monotonic_ns()) / _NS)
-        self._expiry = loop.call_later(delay, self._on_expiry)
-
-    def _cancel_expiry(self) -> None:
-        if self._expiry is not None:
-            self._expiry.cancel()
-            self._expiry = None
-
-    def _on_expiry(self) -> None:
-        self._expiry = None
-        c = self._campaign
-        if c.role == _core.Role.LEADER and self.is_leader():
-            # Renewals moved the deadline since this timer was armed (they raise
-            # no event, so nothing re-armed it): follow the lease to its new end.
-            self._arm_expiry(c.deadline_ns)
-            return
-        if not self.is_leader():
-            self._cancel_scoped()
-            if self._leading is not None:
-                self._leading.clear()
-            self._kick()
-
-    def _cancel_scoped(self) -> None:
-        if not self._scoped:
-            return
-        for task in list(self._scoped):
-            task._fastelect_lost = True  # type: ignore[attr-defined]
-            task.cancel("fastelect: leadership lost")
-        self._scoped.clear()
-
-    def _start_hooks(self) -> None:
-        if self._forked():
-            self._driver.drop_hooks()  # they belong to the parent's leadership
-            return
-        self._hooks_task = asyncio.get_running_loop().create_task(
-            self._run_hooks(), name=f"fastelect-hooks-{self.election}"
-        )
-
-    async def _run_hooks(self) -> None:
-        """Run the driver's queued hooks one at a time, then end (a new task per burst)."""
-        d = self._driver
-        cfg = self._config
-        skipped = d.hooks_skipped
-        try:
-            while (hook := d.next_hook()) is not None:
-                name = hook.name
-                fn = getattr(cfg, name)
-                failed = False
-                if fn is not None:
-                    try:
-                        await self._call_hook(fn, hook.args)
-                    except Exception as exc:
-                        failed = True
-                        late = isinstance(exc, _HookTimeout)
-                        self._log.error(
-                            "%s hook of %s failed: %s",
-                            name,
-                            cfg.server_id,
-                            exc if late else repr(exc),
-                            exc_info=not late,
-                            extra=self._extra,
-                        )
-                    except BaseException:
-                        d.hook_finished(False)
-                        raise
-                if d.hook_finished(failed) and not self._stopping:
-                    self._kick()  # a release, or a campaign held back for these hooks
-                cfg = self._config
-        finally:
-            self._hooks_task = None
-        if d.hooks_skipped != skipped:
-            # That leadership already ended: its work must not start now.
-            self._log.debug(
-                "on_acquire of %s skipped: the leadership ended before it could start",
-                cfg.server_id,
-                extra=self._extra,
-            )
-        if not d.lease_hooks and not self._stopping:
-            self._kick()
-
-    async def _call_hook(self, hook: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        timeout = float(self._config.hook_timeout)  # type: ignore[arg-type]
-        sync = not inspect.iscoroutinefunction(hook)
-        try:
-            async with asyncio.timeout(timeout):
-                if not sync:
-                    await hook(*args)
-                    return
-                # A sync hook runs on a thread of this elector's own, so a slow or
-                # hung one stalls neither renewals nor anything else in the process.
-                threads = self._hook_threads
-                if threads is None:
-                    threads = self._hook_threads = HookThreads(
-                        f"{self._config.server_id} on {self._where}"
-                    )
-                result = await threads.run(hook, *args)
-                if inspect.isawaitable(result):
-                    await result
-        except HooksStuck:
-            raise  # HookThreads' own bound: its message says what happened
-        except TimeoutError:
-            still = " (its thread runs on: Python cannot stop a thread)" if sync else ""
-            raise _HookTimeout(
-                f"did not finish within hook_timeout={timeout:g}s and counts as failed{still};"
-                " keep hooks short and put leader work in leadership() (docs/safety.md, rule 9)"
-            ) from None
-
-    async def _drain_hooks(self) -> None:
-        task = self._hooks_task
-        if task is None:
-            return
-        # Each queued hook is bounded by hook_timeout on its own.
-        each = float(self._config.hook_timeout)  # type: ignore[arg-type]
-        timeout = each * (self._driver.hooks_pending + 1) + 1.0
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            self._log.error("hooks did not finish within %.1fs", timeout, extra=self._extra)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._driver.drop_hooks()
-        self._hooks_task = None
-
-
-def _hook_mask(config: ElectorConfig) -> int:
-    """The driver's ``hooks`` bits for the hooks ``config`` sets."""
-    return (
-        (HOOK_ACQUIRE if config.on_acquire is not None else 0)
-        | (HOOK_LOSE if config.on_lose is not None else 0)
-        | (HOOK_NEW_LEADER if config.on_new_leader is not None else 0)
-    )

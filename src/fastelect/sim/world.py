@@ -1,4 +1,4 @@
-"""One simulated schedule: nodes running the real compiled Campaign on virtual time.
+"""One simulated schedule: nodes running the real driver and Campaign on virtual time.
 
 Everything that varies comes from ``random.Random(seed)``: the fleet, its
 timings, each node's clock, every request's latency and fate, and every
@@ -18,9 +18,10 @@ Liveness is checked in true time with the arithmetic ``is_leader()`` uses:
 node *i* is live at ``t`` iff its Campaign's role is LEADER and
 ``local_i(t) < deadline_ns``.
 
-The driver around each Campaign (:class:`SimNode`) is a re-implementation of
-``fastelect.elector.Elector`` that makes the same Campaign calls in the same
-order; each method names the Elector method it mirrors.
+Each node (:class:`SimNode`) runs the real :class:`~fastelect.driver.Driver`
+around the real Campaign: the simulator adds only what ``Elector`` adds
+around its driver -- requests, timers, hooks and guarded work, as events on
+the heap -- and each method names the Elector method it stands for.
 """
 
 from __future__ import annotations
