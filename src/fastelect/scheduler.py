@@ -16,10 +16,10 @@ Under overload the order is fixed:
 
 The process "keeps up" while due work starts within ``lag_limit`` of its due
 time (a lateness that lasts ``lag_limit``: one late turn, a GC pass or a
-blocking call elsewhere, is not overload) and its load (the larger of its
-CPU share of one core and the driver's share of wall time, over half a
-second) stays under ``cpu_limit``.  When it
-does not, waiting polls and campaigns are *shed*: put back by one to two
+blocking call elsewhere, is not overload) and its load (the larger of the
+process's CPU share of one core, counted once it drives 1,000 electors or
+more, and the driver's share of wall time, over half a second) stays under
+``cpu_limit``.  When it does not, waiting polls and campaigns are *shed*: put back by one to two
 ``frequent_interval`` (jittered), counted in :attr:`Scheduler.stats` and
 reported by a rate-limited WARNING.  Campaigns stop earlier, past
 ``campaign_limit``: a won campaign is one more renewal every interval.
@@ -76,6 +76,9 @@ _C_OVERLOAD_STEPDOWNS = int(_core.Counter.C_OVERLOAD_STEPDOWNS)
 _SWEEP_NS = 50_000_000
 #: CPU use is measured over windows of this length.
 _CPU_WINDOW_NS = 500_000_000
+#: Electors below which the process's CPU share is not taken for this
+#: scheduler's load (only the driver's own share of wall time is).
+_CPU_SIGNAL_ELECTORS = 1000
 
 
 @dataclass(slots=True)
@@ -623,8 +626,12 @@ class Scheduler:
         if start:
             # CPU share alone misses a process starved by its neighbours; the
             # driver's share of wall time alone misses work done in step tasks.
+            # But the process's CPU is the scheduler's doing only when it drives
+            # many electors (1,000 cost under 1 % of a core): below that a busy
+            # process is the application's, and shedding would only slow failover.
             self._cpu_busy = (cpu_now - cpu) / (now - start)
-            self._busy = max(self._cpu_busy, self._busy_ns / (now - start))
+            ours = self._cpu_busy if len(self._active) >= _CPU_SIGNAL_ELECTORS else 0.0
+            self._busy = max(ours, self._busy_ns / (now - start))
         self._busy_ns = 0
         self._cpu_mark = (now, cpu_now)
 
