@@ -31,6 +31,7 @@ from typing import Any
 
 from .. import _core
 from .. import _rules_py as twin
+from .checker import Violation
 
 __all__ = ["STATE_FIELDS", "Lockstep", "LockstepMismatch"]
 
@@ -72,8 +73,15 @@ _CLOCKED = ("last_cycle_mono_ns", "watchdog_ns")
 HISTORY = 12
 
 
-class LockstepMismatch(AssertionError):
-    """The compiled Campaign and its twin disagreed."""
+class LockstepMismatch(Violation):
+    """The compiled Campaign and its twin disagreed (rule ``lockstep``).
+
+    A :class:`~fastelect.sim.checker.Violation`, so a simulated schedule
+    reports it with its seed and trace like any broken invariant.
+    """
+
+    def __init__(self, t_ns: int, detail: str) -> None:
+        super().__init__("lockstep", t_ns, detail)
 
 
 def _outcome(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
@@ -102,9 +110,12 @@ class Lockstep:
     the first diverging call fail, which is how the tests show a mutant's
     difference on a concrete event sequence).  Reads of attributes answer
     from the compiled Campaign: after every call the twin agrees with it.
+    ``seq``: the slot's seqlock word (``TableReader.seq``), to skip
+    comparing a slot neither wrote; ``clock``: the simulator's true time,
+    for the report.
     """
 
-    __slots__ = ("_calls", "_image", "_real_slot", "_seq", "_seq_seen", "c", "py")
+    __slots__ = ("_calls", "_clock", "_image", "_real_slot", "_seq", "_seq_seen", "c", "py")
 
     def __init__(
         self,
@@ -123,6 +134,7 @@ class Lockstep:
         twin_class: type[twin.Campaign] = twin.Campaign,
         compiled_class: type[_core.Campaign] = _core.Campaign,
         seq: Callable[[], int] | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         nonce = nonce or twin.new_nonce()  # one nonce for both, or they could never agree
         args = (
@@ -138,6 +150,7 @@ class Lockstep:
             nonce,
         )
         self._seq = seq
+        self._clock = clock
         self._seq_seen = -1
         self._calls: deque[tuple[str, tuple[Any, ...]]] = deque(maxlen=HISTORY)
         self._real_slot = slot
@@ -232,10 +245,12 @@ class Lockstep:
         if diffs:
             before = "\n".join(f"  {_call_text(*c)}" for c in self._calls) or "  (none)"
             raise LockstepMismatch(
+                self._clock() if self._clock is not None else 0,
                 f"compiled Campaign and its twin ({type(self.py).__name__}) disagree after "
                 f"{_call_text(name, args)}:\n  "
                 + "\n  ".join(diffs)
                 + f"\nthe calls before, oldest first:\n{before}"
+                + "\n(replay with --lockstep)",
             )
         self._calls.append((name, args))
 

@@ -174,6 +174,7 @@ def campaign_factory(p: Params, world: World, compiled: type) -> Callable[..., A
         more = dict(kw)
         if reader is not None:
             more["seq"] = functools.partial(reader.seq, slot.election)
+            more["clock"] = lambda: world.now
         if plain:
             return layered(slot, *args, **more)
 
