@@ -59,29 +59,31 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--schedules must be positive, --jobs, --base and --lockstep not negative")
     if args.mutant is not None and args.mutant != "all" and args.mutant not in MUTANTS:
         ap.error(f"no mutant {args.mutant!r}; known: {', '.join(MUTANTS)}, all")
+    if args.mutant == "all" and args.seed is not None:
+        ap.error("--mutant all runs many schedules; replay one with --mutant NAME --seed S")
     if args.mutant is not None and args.seed is None:
         names = list(MUTANTS) if args.mutant == "all" else [args.mutant]
         return _hunt(names, args.base, args.schedules, args.jobs, args.lockstep)
-    mutant = None if args.mutant == "all" else args.mutant
     if args.seed is not None:
         p = draw_params(args.seed)
         print(
             f"seed={args.seed}: {len(p.node_ids)} nodes {p.node_ids}, peer_mode={p.peer_mode}, "
             f"timings (ms) {[(t.lease // 10**6, t.frequent // 10**6, t.infrequent // 10**6, t.margin // 10**6) for t in p.timings]}, "  # noqa: E501
-            f"faults end {p.faults_end / 1e6:.0f} ms, leader due by {p.live_by / 1e6:.0f} ms"
+            f"faults end {p.faults_end / 1e6:.0f} ms, leader due by {p.live_by / 1e6:.0f} ms, "
+            f"max_clock_skew {'off' if p.max_skew < 0 else f'{p.max_skew // 10**6} ms'}"
+            + (f", mutant {args.mutant}" if args.mutant else "")
         )
+        lockstep = args.lockstep > 0 and args.seed % args.lockstep == 0
         try:
-            lockstep = args.lockstep > 0 and args.seed % args.lockstep == 0
-            r = run_schedule(args.seed, trace=args.trace, mutant=mutant, lockstep=lockstep)
+            r = run_schedule(args.seed, trace=args.trace, mutant=args.mutant, lockstep=lockstep)
         except SimFailure as exc:
             print(exc)
             return 1
         print(f"seed={args.seed}: ok, {r.events} events, {r.acquisitions} leaderships, {r.stats}")
         return 0
-    print(
-        f"seeds {args.base} .. {args.base + args.schedules - 1} on {args.jobs or 'all'} cores",
-        file=sys.stderr,
-    )
+    last = args.base + args.schedules - 1
+    twin = f", the twin in lockstep in every {args.lockstep}" if args.lockstep else ""
+    print(f"seeds {args.base} .. {last} on {args.jobs or 'all'} cores{twin}", file=sys.stderr)
     s = run_many(args.base, args.schedules, args.jobs, print_progress, lockstep=args.lockstep)
     if s.failure:
         print(s.failure)
