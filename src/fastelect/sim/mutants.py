@@ -42,7 +42,10 @@ class Mutant:
 
     ``twin_flag``: the ``_revert_*`` attribute of the twin Campaign that
     undoes it (a core mutant), or "" for a driver mutant, whose ``apply``
-    is called with the World before the schedule runs.
+    is called with the World once per schedule, in ``World.__init__``
+    before the nodes are built (set the driver's flag there).  Register it
+    where this module can see it at import, so ``--mutant all`` and the
+    tests run it too.
     """
 
     name: str
