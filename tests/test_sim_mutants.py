@@ -31,13 +31,14 @@ CORE_MUTANTS = [name for name, m in MUTANTS.items() if m.twin_flag]
 
 #: Schedules from seed 0 within which each mutant must be caught.  Measured
 #: (docs/simulator.md): rule0 45, rule1 1, rule1c 4, rule2 28, rule2-cap 44,
-#: rule4 14, rule5 3, rule6 1; the bound leaves room for draws to change.
+#: rule3 112, rule4 14, rule5 3, rule6 1; the bound leaves room for draws to change.
 CATCH_WITHIN = {
     "rule0": 120,
     "rule1": 40,
     "rule1c": 60,
     "rule2": 100,
     "rule2-cap": 120,
+    "rule3": 250,
     "rule4": 60,
     "rule5": 40,
     "rule6": 40,
@@ -196,6 +197,12 @@ def _rule2_cap(c: Lockstep) -> None:
     c.begin_write(F + 1)
 
 
+def _rule3(c: Lockstep) -> None:
+    # The lease runs out before a renewal: the next poll ends it.
+    _lead(c)
+    c.poll(T)
+
+
 def _rule4(c: Lockstep) -> None:
     # A renewal times out: its outcome is unknown, the deadline stays.
     _lead(c)
@@ -221,6 +228,7 @@ SEQUENCES: dict[str, tuple[Callable[[Lockstep], None], str, int]] = {
     "rule1c": (_rule1c, "next_at_ns", SEC),
     "rule2": (_rule2, "deadline_ns", -1),
     "rule2-cap": (_rule2_cap, "deadline_ns", -1),
+    "rule3": (_rule3, "role", -1),
     "rule4": (_rule4, "deadline_ns", -1),
     "rule5": (_rule5, "max_term_seen", -1),
     "rule6": (_rule6, "deadline_ns", -1),

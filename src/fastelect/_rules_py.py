@@ -246,6 +246,7 @@ class Campaign:
     _revert_rule1c: ClassVar[bool] = False  # wall-clock staleness without the skew bound
     _revert_rule2: ClassVar[bool] = False  # deadline from the current lease, not the snapshot
     _revert_rule2_cap: ClassVar[bool] = False  # a shorter renewal does not cap the lease held
+    _revert_rule3: ClassVar[bool] = False  # poll() does not end a lease that ran out
     _revert_rule4: ClassVar[bool] = False  # a failed renewal counts as landed
     _revert_rule5: ClassVar[bool] = False  # term = observed term + 1; invalid terms ignored
     _revert_rule6: ClassVar[bool] = False  # the leader keeps the margin (deadline = send + T)
@@ -424,7 +425,7 @@ class Campaign:
     # -- the step ----------------------------------------------------------
 
     def poll(self, now_ns: int) -> int:
-        if self.role == LEADER and now_ns >= self.deadline_ns:
+        if self.role == LEADER and now_ns >= self.deadline_ns and not self._revert_rule3:
             # Rule 3: the lease ran out before a renewal landed.
             self._step_down(now_ns)
             self._clear_pending()

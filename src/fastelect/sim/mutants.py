@@ -105,6 +105,13 @@ for _m in (
         "_revert_rule2_cap",
     ),
     Mutant(
+        "rule3",
+        "3",
+        "poll() does not end a lease that ran out: the lapsed leader keeps its role "
+        "and renews instead of reading",
+        "_revert_rule3",
+    ),
+    Mutant(
         "rule4",
         "4",
         "a failed renewal (outcome unknown) counts as landed: the lease grows "
