@@ -6,7 +6,10 @@ re-implementation of the Elector's loop, run on virtual time against a
 simulated linearizable store.  Every source of nondeterminism comes from one
 seed; invariants (:mod:`fastelect.sim.checker`) are checked as the history
 unfolds; a failing seed replays exactly with ``python -m fastelect.sim
---seed S --trace``.  See ``docs/simulator.md``.
+--seed S --trace``.  The pure-Python twin of the rules can run in lockstep
+with the compiled core (:mod:`fastelect.sim.lockstep`), or in its place with
+one safety fix reverted (:mod:`fastelect.sim.mutants`).  See
+``docs/simulator.md``.
 """
 
 from .checker import Checker, Violation

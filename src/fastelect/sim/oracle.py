@@ -22,6 +22,10 @@ Campaign makes against them, on the same inputs the driver feeds it:
   or as its own leadership; a write that never landed shows no term, so a
   fresh attempt may reuse it).
 
+Rule 1(c), with ``max_clock_skew`` set: a record is also stale once its
+``lastUpdated`` is older than ``max(T, leaseMs) + skew`` by this node's wall
+clock (:meth:`RuleOracle.wall_observed`, told by the simulator's wall clocks).
+
 A disagreement raises :class:`~fastelect.sim.checker.Violation` ("rule-N").
 """
 
@@ -45,6 +49,9 @@ class _Seen:
     own: bool
     #: The shortest lease this node was configured with since it first saw the etag.
     min_own_lease: int
+    #: Rule 1(c): the local instant from which the etag is stale by the wall
+    #: clock (with max_clock_skew set; never, otherwise).
+    wall_stale_ns: int = 1 << 63
 
 
 class RuleOracle:
@@ -98,6 +105,21 @@ class RuleOracle:
         if term is not None:
             self.max_term = max(self.max_term, term)
 
+    def wall_observed(
+        self, now: int, wall_now: int, etag: str, updated_wall: int, lease_ms: int, skew: int
+    ) -> None:
+        """A read of ``etag`` at ``now`` (local), when the wall clock read ``wall_now``.
+
+        Rule 1(c): with ``skew`` >= 0, the record is stale once the wall clock
+        reads ``lastUpdated + max(T, leaseMs) + skew``; on the lease clock, as
+        of this read.
+        """
+        s = self.seen.get(etag)
+        if s is None or skew < 0 or updated_wall <= 0 or s.released:
+            return
+        wait = max(s.min_own_lease, lease_ms * 1_000_000)
+        s.wall_stale_ns = updated_wall + wait + skew - (wall_now - now)
+
     def peer_etag(self, now: int, etag: str) -> None:
         """A peer named the leader's current etag (as good as reading it, the core says)."""
         if etag and etag not in self.seen:
@@ -147,7 +169,7 @@ class RuleOracle:
                 self._fail("rule-1", t, f"takes over {if_match}, an etag it never observed")
             assert s is not None
             wait = max(s.min_own_lease, s.lease_ns)
-            if not s.released and not s.own and now < s.first_ns + wait:
+            if not s.released and not s.own and now < min(s.first_ns + wait, s.wall_stale_ns):
                 self._fail(
                     "rule-1",
                     t,

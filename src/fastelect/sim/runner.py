@@ -38,13 +38,21 @@ class RunSummary:
         return self.schedules / self.seconds if self.seconds else 0.0
 
 
-def run_block(start: int, count: int) -> tuple[int, int, int, int, dict[str, int], str, int | None]:
-    """Run seeds ``start .. start + count - 1``; stop at the first violation."""
+_BlockResult = tuple[int, int, int, int, dict[str, int], str, int | None]
+
+
+def run_block(start: int, count: int, mutant: str | None = None, lockstep: int = 0) -> _BlockResult:
+    """Run seeds ``start .. start + count - 1``; stop at the first violation.
+
+    ``mutant``: as :func:`~fastelect.sim.world.run_schedule` takes it;
+    ``lockstep``: run the compiled Campaign and its twin in lockstep in the
+    schedules whose seed is a multiple of it (1: every one; 0: none).
+    """
     done = events = acq = work = 0
     stats: dict[str, int] = {}
     for seed in range(start, start + count):
         try:
-            r = run_schedule(seed)
+            r = run_schedule(seed, mutant=mutant, lockstep=lockstep > 0 and seed % lockstep == 0)
         except SimFailure as exc:
             return done, events, acq, work, stats, str(exc), seed
         done += 1
@@ -56,7 +64,7 @@ def run_block(start: int, count: int) -> tuple[int, int, int, int, dict[str, int
     return done, events, acq, work, stats, "", None
 
 
-def _block(args: tuple[int, int]) -> tuple[int, int, int, int, dict[str, int], str, int | None]:
+def _block(args: tuple[int, int, str | None, int]) -> _BlockResult:
     return run_block(*args)
 
 
@@ -65,18 +73,29 @@ def run_many(
     schedules: int,
     jobs: int = 0,
     progress: Callable[[RunSummary], None] | None = None,
+    *,
+    mutant: str | None = None,
+    lockstep: int = 0,
+    block: int = BLOCK,
 ) -> RunSummary:
     """Run seeds ``base .. base + schedules - 1`` on ``jobs`` processes (0: all cores).
 
-    Each job takes disjoint blocks of :data:`BLOCK` consecutive seeds.  Stops
+    Each job takes disjoint blocks of ``block`` consecutive seeds.  Stops
     at the first violation and reports it (with its seed) in the summary.
+    ``lockstep``: as :func:`run_block` takes it.  With a ``mutant``, blocks
+    are taken in seed order, so the violation reported is that of the lowest
+    failing seed: the mutant was caught after ``failed_seed - base + 1``
+    schedules.
     """
     jobs = jobs or os.cpu_count() or 1
     summary = RunSummary(base)
-    blocks = [(s, min(BLOCK, base + schedules - s)) for s in range(base, base + schedules, BLOCK)]
+    blocks = [
+        (s, min(block, base + schedules - s), mutant, lockstep)
+        for s in range(base, base + schedules, block)
+    ]
     started = time.perf_counter()
 
-    def absorb(res: tuple[int, int, int, int, dict[str, int], str, int | None]) -> bool:
+    def absorb(res: _BlockResult) -> bool:
         done, events, acq, work, stats, failure, seed = res
         summary.schedules += done
         summary.events += events
@@ -92,14 +111,15 @@ def run_many(
         return bool(failure)
 
     if jobs == 1:
-        for block in blocks:
-            if absorb(run_block(*block)):
+        for args in blocks:
+            if absorb(run_block(*args)):
                 break
         return summary
     # spawn: a clean interpreter per worker, nothing inherited from the caller.
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(jobs) as pool:
-        for res in pool.imap_unordered(_block, blocks):
+        results = pool.imap(_block, blocks) if mutant else pool.imap_unordered(_block, blocks)
+        for res in results:
             if absorb(res):
                 pool.terminate()
                 break

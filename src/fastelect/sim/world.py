@@ -26,10 +26,10 @@ the heap -- and each method names the Elector method it stands for.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import random
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,7 +41,9 @@ from ..driver import HOLD, HOOK_ACQUIRE, HOOK_LOSE, Driver
 from ..errors import RecordError
 from ..record import parse_record, record_term
 from .checker import Checker, Violation
+from .mutants import campaign_factory
 from .oracle import RuleOracle
+from .wallclock import draw_wall_clocks
 
 __all__ = ["COVERAGE", "Params", "Result", "SimFailure", "World", "draw_params", "run_schedule"]
 
@@ -120,9 +122,6 @@ CORRUPT_NOT_JSON, CORRUPT_TERM_RANGE, CORRUPT_LEASE = range(3)
 _CORRUPT_LEASES = (9_223_372_036_854, 10**12, -1, 0, 86_400_001)
 # Node process states.
 S_RUNNING, S_STOPPED, S_CRASHED = range(3)
-#: The drivers' rule 9 hold-back (Driver(hold_back=...)); False only to show
-#: that the simulator catches a driver without it.
-HOLD_BACK = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +179,15 @@ class Params:
     hook_timeout: int = 0
     hook_max: int = 0
     p_hook_fail: float = 0.0
+    #: A mutant of fastelect.sim.mutants to run instead of the faithful core
+    #: (None: the compiled Campaign); run the compiled Campaign and the twin in
+    #: lockstep (fastelect.sim.lockstep) on every call.
+    mutant: str | None = None
+    lockstep: bool = False
+    #: Wall clocks (rule 1(c)): each node's wall-clock offset from true wall
+    #: time (empty: all agree), and the max_clock_skew electors run with (-1: off).
+    wall_offsets: list[int] = field(default_factory=list)
+    max_skew: int = -1
 
 
 def _ms(rng: random.Random, lo: int, hi: int) -> int:
@@ -292,6 +300,7 @@ def draw_params(seed: int) -> Params:
         p.hook_timeout = hrng.choice((t_max // 4, t_max // 2, t_max))
         p.hook_max = t_max // 40
         p.p_hook_fail = hrng.choice((0.0, 0.1, 0.3))
+    draw_wall_clocks(p)  # from a generator of its own too
     p.live_by = faults_end + liveness_bound(p)
     p.end = p.live_by + 2 * t_max
     return p
@@ -420,6 +429,7 @@ class SimNode:
         tm = self.timing
         p = self.w.p
         campaign = self.w.make_campaign(
+            self.index,
             self.slot,
             self.server_id,
             self.addr,
@@ -879,10 +889,10 @@ class World:
         self.corrupt = False
         #: True time the stored record was written.
         self.stored_at = 0
-        #: Makes each node's rules: the compiled Campaign (or a twin, or a mutant).
-        self.make_campaign: Callable[..., Campaign] = Campaign
         #: Rule 9's hold-back in every node's driver (False: that rule's mutant).
-        self.hold_back = HOLD_BACK
+        self.hold_back = True
+        #: Builds each node's Campaign (the compiled one, a mutant, or both in lockstep).
+        self.make_campaign = campaign_factory(p, self, Campaign)
         self.nodes = [SimNode(self, i) for i in range(len(p.node_ids))]
         self.fates = list(range(8))
 
@@ -1294,13 +1304,23 @@ def _run(p: Params, trace: bool, record: bool) -> tuple[Result | Violation, list
         w.close()
 
 
-def run_schedule(seed: int, *, trace: bool = False, params: Params | None = None) -> Result:
+def run_schedule(
+    seed: int,
+    *,
+    trace: bool = False,
+    params: Params | None = None,
+    mutant: str | None = None,
+    lockstep: bool = False,
+) -> Result:
     """Run the schedule of ``seed``; raises :class:`SimFailure` on a violation.
 
     The fast run keeps no trace; a violation is replayed from the seed with
-    the trace on, which also proves the failure reproduces.
+    the trace on, which also proves the failure reproduces.  ``mutant`` and
+    ``lockstep``: see :class:`Params`.
     """
     p = params if params is not None else draw_params(seed)
+    if mutant is not None or lockstep:
+        p = dataclasses.replace(p, mutant=mutant, lockstep=lockstep)
     outcome, lines = _run(p, trace, trace)
     if isinstance(outcome, Result):
         return outcome
