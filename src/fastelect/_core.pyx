@@ -42,7 +42,8 @@ cdef extern from "errno.h":
     int errno
 
 __all__ = [
-    "ACTION_NAMES", "Campaign", "Driver", "LeaseHolder", "LeadershipTable", "Slot", "TableReader", "attach",
+    "ACTION_NAMES", "Campaign", "Driver", "Hook", "HOLD", "HOOK_ACQUIRE", "HOOK_LOSE",
+    "HOOK_NEW_LEADER", "READ_GARBAGE", "READ_LONG_LEASE", "READ_OK", "LeaseHolder", "LeadershipTable", "Slot", "TableReader", "attach",
     "YieldNow", "monotonic_ns", "LAYOUT_VERSION", "SLOT_SIZE", "HEADER_SIZE", "LEASE_CLOCK",
     "LEASE_CLOCK_NAME",
 ]
