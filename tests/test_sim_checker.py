@@ -243,6 +243,36 @@ def test_a_destroyed_term_may_be_reused_once_and_only_upwards() -> None:
         c2.acquired(20, 1, term=4)  # no destruction: no reuse
 
 
+def test_a_destroyed_term_reused_is_a_reuse_even_if_a_late_write_had_it() -> None:
+    """Seed 764199625: an invalid record (term kept) hid n0's write of term 1
+    before its answer; later a term-less one destroyed term 3, and a node
+    restarted after it took over with term 1 and did work after term 3's."""
+    c = Checker(3)
+    c.invalid_term(2, stored=1)  # n0's takeover (term 1) landed, then was hidden
+    c.acquired(0, 1, term=3)
+    c.lease(0, 1, 50 * MS, term=3)
+    c.work_step(10 * MS, 1, term=3)
+    c.lost(60 * MS, 1)
+    c.lease_over(60 * MS, 1)
+    c.terms_destroyed(floor=3)  # not JSON: a node restarted now saw nothing
+    c.acquired(100 * MS, 2, term=1)
+    c.lease(100 * MS, 2, 200 * MS, term=1)
+    c.work_step(110 * MS, 2, term=1)  # rule 5's documented limit, not a violation
+    assert c.terms_reset == 1
+    # Without the destruction, work fencing below earlier work is still caught.
+    c2 = Checker(3)
+    c2.invalid_term(2, stored=1)
+    c2.acquired(0, 1, term=3)
+    c2.lease(0, 1, 50 * MS, term=3)
+    c2.work_step(10 * MS, 1, term=3)
+    c2.lost(60 * MS, 1)
+    c2.lease_over(60 * MS, 1)
+    c2.acquired(100 * MS, 0, term=1)  # the late answer of the hidden write
+    c2.lease(100 * MS, 0, 200 * MS, term=1)
+    with pytest.raises(Violation, match=r"\[leader-work\].*term 1 after work of term 3"):
+        c2.work_step(110 * MS, 0, term=1)
+
+
 def _led_and_lost(c: Checker) -> None:
     """n0 leads (leadership 1), then loses it."""
     c.acquired(0, 0, term=1)

@@ -116,23 +116,29 @@ class Checker:
             raise Violation(
                 "hooks", t, f"n{node} got EV_ACQUIRED (term {term}) while already leading"
             )
-        if term <= self.max_term and term == self._late:
-            self._late = -1  # its write landed before the invalid record did
-        elif term <= self.max_term:
-            if not self._since < term <= self._floor:
+        if term <= self.max_term:
+            # Documented limit (docs/safety.md, rule 5): a node that never saw
+            # a term before a hostile write destroyed it cannot continue from
+            # it.  Reused terms still increase among themselves, and the
+            # per-incarnation oracle still checks every term each node saw.
+            reused = self._since < term <= self._floor
+            if term == self._late:
+                # Its write landed before the invalid record did: won before,
+                # known after.  (Its lease ended before any later leadership
+                # began, so it did no work after theirs -- unless, as here
+                # too, it is a reuse after a destruction.)
+                self._late = -1
+            elif not reused:
                 raise Violation(
                     "terms",
                     t,
                     f"n{node} starts a leadership with term {term}, not above the highest "
                     f"earlier term {self.max_term}",
                 )
-            # Documented limit (docs/safety.md, rule 5): a node that never saw
-            # a term before a hostile write destroyed it cannot continue from
-            # it.  Reused terms still increase among themselves, and the
-            # per-incarnation oracle still checks every term each node saw.
-            self.terms_reset += 1
-            self._since = term
-            self.max_work_term = -1
+            if reused:
+                self.terms_reset += 1
+                self._since = term
+                self.max_work_term = -1
         self.leading[node] = True
         self.max_term = max(self.max_term, term)
         self.acquisitions += 1
