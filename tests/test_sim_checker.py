@@ -258,7 +258,6 @@ def test_a_destroyed_term_reused_is_a_reuse_even_if_a_late_write_had_it() -> Non
     c.acquired(100 * MS, 2, term=1)
     c.lease(100 * MS, 2, 200 * MS, term=1)
     c.work_step(110 * MS, 2, term=1)  # rule 5's documented limit, not a violation
-    assert c.terms_reset == 1
     # Without the destruction, work fencing below earlier work is still caught.
     c2 = Checker(3)
     c2.invalid_term(2, stored=1)
@@ -271,6 +270,23 @@ def test_a_destroyed_term_reused_is_a_reuse_even_if_a_late_write_had_it() -> Non
     c2.lease(100 * MS, 0, 200 * MS, term=1)
     with pytest.raises(Violation, match=r"\[leader-work\].*term 1 after work of term 3"):
         c2.work_step(110 * MS, 0, term=1)
+
+
+def test_a_write_hidden_by_a_destruction_is_announced_late_then_its_term_reused() -> None:
+    """Seed 764207053: n4's takeover (term 3) landed, a term-less record hid
+    it before its answer came; n0, which never saw term 3, took over with 3."""
+    c = Checker(5)
+    c.invalid_term(6, stored=0)  # an intruder's record with term 6
+    c.terms_destroyed(floor=6, stored=6)  # then one with none
+    c.acquired(10, 1, term=2)  # a reuse below the floor
+    c.lost(20, 1)
+    c.terms_destroyed(floor=6, stored=3)  # n4's term-3 write, hidden
+    c.acquired(30, 4, term=3)  # its answer: won before, known after
+    c.lost(40, 4)
+    c.acquired(50, 0, term=3)  # never saw 3: the documented limit
+    c.lost(60, 0)
+    with pytest.raises(Violation, match=r"\[terms\]"):
+        c.acquired(70, 2, term=3)  # reuses still increase among themselves
 
 
 def _led_and_lost(c: Checker) -> None:

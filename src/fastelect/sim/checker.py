@@ -32,6 +32,7 @@ class Checker:
     """Safety and liveness invariants over ``nodes`` nodes, indexed from 0."""
 
     __slots__ = (
+        "_announced_max",
         "_floor",
         "_late",
         "_since",
@@ -74,8 +75,10 @@ class Checker:
         self._floor = -1
         #: Highest term reused since the last destruction: reuses still increase.
         self._since = -1
-        #: A term stored before an invalid record raised the bar, not yet announced.
+        #: A term stored before an invalid record hid it, not yet announced.
         self._late = -1
+        #: The highest term a leadership was announced with (invalid records' aside).
+        self._announced_max = -1
         self.acquisitions = 0
         self.work_steps = 0
 
@@ -124,10 +127,13 @@ class Checker:
             reused = self._since < term <= self._floor
             if term == self._late:
                 # Its write landed before the invalid record did: won before,
-                # known after.  (Its lease ended before any later leadership
-                # began, so it did no work after theirs -- unless, as here
-                # too, it is a reuse after a destruction.)
+                # known after, and no reuse.  (Its lease ends before any later
+                # leadership begins, so it does no work after theirs -- unless
+                # it is a reuse of that same term after all: which one, the
+                # checker cannot tell, so work may fence lower once.)
                 self._late = -1
+                if reused:
+                    self.max_work_term = -1
             elif not reused:
                 raise Violation(
                     "terms",
@@ -135,24 +141,29 @@ class Checker:
                     f"n{node} starts a leadership with term {term}, not above the highest "
                     f"earlier term {self.max_term}",
                 )
-            if reused:
+            else:
                 self.terms_reset += 1
                 self._since = term
                 self.max_work_term = -1
         self.leading[node] = True
         self.max_term = max(self.max_term, term)
+        self._announced_max = max(self._announced_max, term)
         self.acquisitions += 1
         self.begun[node] += 1
 
-    def terms_destroyed(self, floor: int) -> None:
+    def terms_destroyed(self, floor: int, stored: int = -1) -> None:
         """The record was replaced by one with no valid term (not JSON, out of range).
 
         ``floor``: the highest term any write had stored so far (some may not
         have been acknowledged yet).  A node that never saw those terms may
         issue them again: rule 5 counts only terms a node has seen.
+        ``stored``: the term of the write it replaced, whose leadership may
+        still be announced after (won before, known after), not as a reuse.
         """
         self._floor = max(self._floor, floor)
         self._since = -1
+        if stored > self._announced_max:
+            self._late = stored
 
     def invalid_term(self, term: int, stored: int) -> None:
         """The record was replaced by an invalid one whose own ``term`` is valid.
@@ -162,7 +173,7 @@ class Checker:
         (term ``stored``) it replaced: that leadership was won before, and
         may be announced after.
         """
-        if stored > self.max_term:
+        if stored > self._announced_max:
             self._late = stored
         self.max_term = max(self.max_term, term)
 

@@ -1136,7 +1136,7 @@ class World:
             body = orjson.dumps({**base, "term": term, "leaseMs": lease})
         kept = record_term(body)
         if kept is None:
-            self.checker.terms_destroyed(max(self.checker.max_term, stored))
+            self.checker.terms_destroyed(max(self.checker.max_term, stored), stored)
         else:
             self.checker.invalid_term(kept, stored)
             self.count("corrupt-term-kept")
