@@ -44,8 +44,11 @@ from ._core import (
     READ_GARBAGE,
     READ_LONG_LEASE,
     READ_OK,
+    Action,
+    Campaign,
     Driver,
     Hook,
+    Role,
 )
 
 __all__ = [
@@ -56,6 +59,9 @@ __all__ = [
     "READ_GARBAGE",
     "READ_LONG_LEASE",
     "READ_OK",
+    "Action",
+    "Campaign",
     "Driver",
     "Hook",
+    "Role",
 ]
