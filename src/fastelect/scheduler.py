@@ -362,6 +362,21 @@ class Scheduler:
     # -- the driver ----------------------------------------------------------------
 
     async def _drive(self) -> None:
+        try:
+            await self._drive_turns()
+        finally:
+            # Idle (or its loop shut down): hold no reference to the loop, so a
+            # loop's default scheduler goes with its loop (default_scheduler).
+            self._task = None
+            if not self._active and not self._inflight:
+                self._loop = None
+                # Entries left behind by re-scheduling name stopped electors.
+                self._buckets.clear()
+                self._bucket_heap.clear()
+                self._ready.clear()
+                self._resume.clear()
+
+    async def _drive_turns(self) -> None:
         loop = asyncio.get_running_loop()
         buckets = self._bucket_heap
         resolution = self.resolution_ns
@@ -408,7 +423,6 @@ class Scheduler:
                 timer.cancel()
                 self._waiter = None
                 self._wake_at = 0
-        self._task = None
 
     def _take_due(self, now: int) -> int:
         """Pop every due entry; start renewals, queue the rest; return the worst lag."""
