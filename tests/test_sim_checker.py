@@ -212,7 +212,7 @@ def test_an_invalid_records_term_raises_the_bar_except_for_the_write_it_replaced
     c.acquired(0, 0, term=3)
     c.lost(10, 0)
     # n1's takeover (term 4) landed; before its answer, an invalid record with term 8.
-    c.invalid_term(8, stored=4)
+    c.invalid_term(8, late=4)
     c.acquired(20, 1, term=4)  # won before the invalid record: announced after it
     c.lost(30, 1)
     with pytest.raises(Violation, match=r"\[terms\].*term 8, not above .* 8"):
@@ -248,7 +248,7 @@ def test_a_destroyed_term_reused_is_a_reuse_even_if_a_late_write_had_it() -> Non
     before its answer; later a term-less one destroyed term 3, and a node
     restarted after it took over with term 1 and did work after term 3's."""
     c = Checker(3)
-    c.invalid_term(2, stored=1)  # n0's takeover (term 1) landed, then was hidden
+    c.invalid_term(2, late=1)  # n0's takeover (term 1) landed, then was hidden
     c.acquired(0, 1, term=3)
     c.lease(0, 1, 50 * MS, term=3)
     c.work_step(10 * MS, 1, term=3)
@@ -260,7 +260,7 @@ def test_a_destroyed_term_reused_is_a_reuse_even_if_a_late_write_had_it() -> Non
     c.work_step(110 * MS, 2, term=1)  # rule 5's documented limit, not a violation
     # Without the destruction, work fencing below earlier work is still caught.
     c2 = Checker(3)
-    c2.invalid_term(2, stored=1)
+    c2.invalid_term(2, late=1)
     c2.acquired(0, 1, term=3)
     c2.lease(0, 1, 50 * MS, term=3)
     c2.work_step(10 * MS, 1, term=3)
@@ -276,17 +276,33 @@ def test_a_write_hidden_by_a_destruction_is_announced_late_then_its_term_reused(
     """Seed 764207053: n4's takeover (term 3) landed, a term-less record hid
     it before its answer came; n0, which never saw term 3, took over with 3."""
     c = Checker(5)
-    c.invalid_term(6, stored=0)  # an intruder's record with term 6
-    c.terms_destroyed(floor=6, stored=6)  # then one with none
+    c.invalid_term(6)  # an intruder's record with term 6
+    c.terms_destroyed(floor=6)  # then one with none
     c.acquired(10, 1, term=2)  # a reuse below the floor
     c.lost(20, 1)
-    c.terms_destroyed(floor=6, stored=3)  # n4's term-3 write, hidden
+    c.terms_destroyed(floor=6, late=3)  # n4's term-3 write, hidden
     c.acquired(30, 4, term=3)  # its answer: won before, known after
     c.lost(40, 4)
     c.acquired(50, 0, term=3)  # never saw 3: the documented limit
     c.lost(60, 0)
     with pytest.raises(Violation, match=r"\[terms\]"):
         c.acquired(70, 2, term=3)  # reuses still increase among themselves
+
+
+def test_a_hidden_write_of_a_term_already_reused_is_still_announced_late() -> None:
+    """Seed 555015985: term 1 was destroyed and reused by n0's takeover, whose
+    write a term-less record hid before its answer; n1 then reused term 1."""
+    c = Checker(2)
+    c.acquired(0, 0, term=1)
+    c.lost(10, 0)
+    c.terms_destroyed(floor=1)  # out of range: term 1 destroyed
+    c.terms_destroyed(floor=1, late=1)  # n0's takeover with term 1 landed, then hidden
+    c.acquired(20, 0, term=1)  # its answer
+    c.lost(30, 0)
+    c.acquired(40, 1, term=1)  # n1 never saw term 1: a reuse
+    c.lost(50, 1)
+    with pytest.raises(Violation, match=r"\[terms\]"):
+        c.acquired(60, 0, term=1)
 
 
 def _led_and_lost(c: Checker) -> None:

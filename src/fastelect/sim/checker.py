@@ -32,7 +32,6 @@ class Checker:
     """Safety and liveness invariants over ``nodes`` nodes, indexed from 0."""
 
     __slots__ = (
-        "_announced_max",
         "_floor",
         "_late",
         "_since",
@@ -77,8 +76,6 @@ class Checker:
         self._since = -1
         #: A term stored before an invalid record hid it, not yet announced.
         self._late = -1
-        #: The highest term a leadership was announced with (invalid records' aside).
-        self._announced_max = -1
         self.acquisitions = 0
         self.work_steps = 0
 
@@ -147,34 +144,34 @@ class Checker:
                 self.max_work_term = -1
         self.leading[node] = True
         self.max_term = max(self.max_term, term)
-        self._announced_max = max(self._announced_max, term)
         self.acquisitions += 1
         self.begun[node] += 1
 
-    def terms_destroyed(self, floor: int, stored: int = -1) -> None:
+    def terms_destroyed(self, floor: int, late: int = -1) -> None:
         """The record was replaced by one with no valid term (not JSON, out of range).
 
         ``floor``: the highest term any write had stored so far (some may not
         have been acknowledged yet).  A node that never saw those terms may
         issue them again: rule 5 counts only terms a node has seen.
-        ``stored``: the term of the write it replaced, whose leadership may
-        still be announced after (won before, known after), not as a reuse.
+        ``late``: the term of the campaign write it replaced, if that write's
+        leadership has not been announced yet (won before, known after: not
+        a reuse), else -1.
         """
         self._floor = max(self._floor, floor)
         self._since = -1
-        if stored > self._announced_max:
-            self._late = stored
+        if late >= 0:
+            self._late = late
 
-    def invalid_term(self, term: int, stored: int) -> None:
+    def invalid_term(self, term: int, late: int = -1) -> None:
         """The record was replaced by an invalid one whose own ``term`` is valid.
 
         Every later leadership must be above it (rule 5 counts it), so it
-        raises the bar like a leadership would -- except the one whose write
-        (term ``stored``) it replaced: that leadership was won before, and
-        may be announced after.
+        raises the bar like a leadership would -- except the one whose
+        campaign write (term ``late``, -1 if none) it replaced before that
+        leadership was announced: won before, known after.
         """
-        if stored > self._announced_max:
-            self._late = stored
+        if late >= 0:
+            self._late = late
         self.max_term = max(self.max_term, term)
 
     def lost(self, t: int, node: int) -> None:

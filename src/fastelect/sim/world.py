@@ -889,6 +889,8 @@ class World:
         self.corrupt = False
         #: True time the stored record was written.
         self.stored_at = 0
+        #: (node, leaderships it had begun) of the campaign write stored, if any.
+        self.stored_campaign: tuple[int, int] | None = None
         #: Rule 9's hold-back in every node's driver (False: that rule's mutant).
         self.hold_back = True
         #: Builds each node's Campaign (the compiled one, a mutant, or both in lockstep).
@@ -1007,6 +1009,11 @@ class World:
                 self.etag = f"e{self.etags}"
                 self.stored_at = t
                 out = (O_OK, self.etag, wall)
+                self.stored_campaign = (
+                    (node_idx, self.checker.begun[node_idx])
+                    if kind in (A_CREATE, A_TAKEOVER)
+                    else None
+                )
                 if self.corrupt:
                     self.corrupt = False
                     self.count("corrupt-replaced")
@@ -1135,10 +1142,15 @@ class World:
             lease = self.rng.choice(_CORRUPT_LEASES)
             body = orjson.dumps({**base, "term": term, "leaseMs": lease})
         kept = record_term(body)
+        # A campaign write stored whose writer has not begun that leadership
+        # yet (its answer is on the way): won before, known after.
+        won = self.stored_campaign
+        late = stored if won is not None and self.checker.begun[won[0]] == won[1] else -1
+        self.stored_campaign = None
         if kept is None:
-            self.checker.terms_destroyed(max(self.checker.max_term, stored), stored)
+            self.checker.terms_destroyed(max(self.checker.max_term, stored), late)
         else:
-            self.checker.invalid_term(kept, stored)
+            self.checker.invalid_term(kept, late)
             self.count("corrupt-term-kept")
         self.etags += 1
         self.body = body
