@@ -75,6 +75,10 @@ def test_default_run(capsys: pytest.CaptureFixture[str]) -> None:
     # quietly stopped injecting one would otherwise make this run vacuous.
     missing = [key for key in world.COVERAGE if not summary.stats.get(key)]
     assert not missing, f"{line}\nnever happened: {missing}; counts {summary.stats}"
+    # And by family (the executor's shedding and overload among them): printed, and each reached.
+    _say(capsys, "coverage by family:\n" + world.format_families(summary.stats))
+    unreached = [f for f, c in world.by_family(summary.stats).items() if not sum(c.values())]
+    assert not unreached, f"{line}\nno counter of families {unreached} was reached"
 
 
 def test_a_seed_replays_exactly(capsys: pytest.CaptureFixture[str]) -> None:
@@ -235,9 +239,9 @@ def test_hostile_records_are_written_and_replaced() -> None:
     real = world.World._corrupt
 
     def corrupt(self: world.World, t: int, variant: int) -> None:
-        before = self.etag
+        before = self.keys[0].etag
         real(self, t, variant)
-        if self.etag != before:
+        if self.keys[0].etag != before:
             variants.add(variant)
 
     with pytest.MonkeyPatch.context() as mp:

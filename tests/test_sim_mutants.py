@@ -43,6 +43,7 @@ CATCH_WITHIN = {
     "rule5": 40,
     "rule6": 40,
     "rule9": 1100,
+    "renew-first": 60,
 }
 
 
