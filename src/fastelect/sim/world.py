@@ -1079,9 +1079,15 @@ class SimProc:
     # -- the wheel (Scheduler._push / _kick / _op_done) ----------------------------------
 
     def push(self, t: int, node: SimNode, due_local: int) -> None:
-        at = self.policy.push(node, due_local)
-        if at >= 0:
-            self._turn_by(t, at)
+        pol = self.policy
+        pol.push(node, due_local)
+        res = pol.resolution_ns
+        start = max(due_local // res, pol.cursor) * res
+        # The Scheduler wakes at the bucket's start; a step due later in the
+        # bucket is polled there (not due), put in the next bucket and started
+        # at its start.  Waking for it just before that start starts it at the
+        # same instant with one poll, not two.
+        self._turn_by(t, start if due_local <= start else start + res - 1)
 
     def _turn_by(self, t: int, local_at: int) -> None:
         if self.turn_token < 0:
