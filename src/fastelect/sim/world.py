@@ -448,12 +448,13 @@ class Result:
 
 
 class SimNode:
-    """One elector process: the real :class:`~fastelect.driver.Driver` on simulated clocks.
+    """One elector: the real :class:`~fastelect.driver.Driver` on its process's clock.
 
     What this class adds is what ``Elector`` adds around its driver: the
     requests (sent to the simulated store), timers, hooks (simulated: each
     takes a drawn time, some hang to ``hook_timeout``) and guarded leader
-    work; every rule lives in the driver and the Campaign.
+    work; every rule lives in the driver and the Campaign, and when a step
+    runs is its process's executor's (:class:`SimProc`) decision.
     """
 
     __slots__ = (
