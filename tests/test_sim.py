@@ -2,7 +2,8 @@
 
 ``test_default_run`` runs FASTELECT_SIM_SCHEDULES (default 600) schedules on
 two worker processes from a fixed base seed, so CI is deterministic and the
-run stays well under 30 s on a loaded 2-core machine (about 13 s at load 6).
+run stays well under 30 s on a loaded 2-core machine (about 14 s at load 5,
+with every process's executor simulated).
 The fixed seeds reach every fault and recovery path the coverage check names.
 Every second schedule (FASTELECT_SIM_LOCKSTEP: every N-th; 0: none) also runs
 the pure-Python twin of the rules in lockstep with the compiled Campaign,
