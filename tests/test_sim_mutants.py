@@ -30,8 +30,9 @@ WALL = 1_780_000_000 * SEC
 CORE_MUTANTS = [name for name, m in MUTANTS.items() if m.twin_flag]
 
 #: Schedules from seed 0 within which each mutant must be caught.  Measured
-#: (docs/simulator.md): rule0 45, rule1 1, rule1c 4, rule2 28, rule2-cap 44,
-#: rule3 112, rule4 14, rule5 3, rule6 1; the bound leaves room for draws to change.
+#: (docs/simulator.md): rule0 45, rule1 1, rule1c 8, rule2 30, rule2-cap 40,
+#: rule3 11, rule4 14, rule5 3, rule6 1, rule9 608, renew-first 15 (6-16 from
+#: other bases); the bound leaves room for draws to change.
 CATCH_WITHIN = {
     "rule0": 120,
     "rule1": 40,
@@ -43,6 +44,7 @@ CATCH_WITHIN = {
     "rule5": 40,
     "rule6": 40,
     "rule9": 1100,
+    "renew-first": 60,
 }
 
 

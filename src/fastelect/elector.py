@@ -51,7 +51,6 @@ from .status import LeadershipLost, LeadershipStatus, describe, mono_to_wall
 from .storage.base import MinimalStorage, Storage, as_storage
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
 
     from ._hook_threads import HookThreads
     from ._logfold import LogFold
@@ -100,17 +99,10 @@ class Elector(StorageSteps, HookRunner, LeaderWork, _core.LeaseHolder):
         "_retired_peers",
         "_sched",
         "_sched_active",
-        "_sched_bucket",
         "_sched_chosen",
-        "_sched_coro",
-        "_sched_deadline",
         "_sched_expired",
-        "_sched_finished",
         "_sched_inline",
-        "_sched_kicked",
-        "_sched_kind",
         "_sched_op",
-        "_sched_task",
         "_scoped",
         "_slot",
         "_stopping",
@@ -202,15 +194,8 @@ class Elector(StorageSteps, HookRunner, LeaderWork, _core.LeaseHolder):
         self._cache_timings()
         # State the scheduler keeps per elector (unused without one).
         self._sched_active = False
-        self._sched_bucket = -1
-        self._sched_task: asyncio.Task[None] | None = None
-        self._sched_coro: Coroutine[Any, Any, None] | None = None
-        self._sched_kind = 0
-        self._sched_deadline = 0
-        self._sched_kicked = False
         self._sched_expired = False
         self._sched_op = False
-        self._sched_finished: asyncio.Future[None] | None = None
         # Storages whose coroutines never look at the current task can be
         # stepped by the scheduler itself, without a Task per step.
         self._sched_inline = bool(getattr(storage, "inline_steps", False))

@@ -44,17 +44,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import weakref
-from collections import deque
 from collections.abc import Coroutine
-from dataclasses import dataclass
-from heapq import heappop, heappush
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._core import Action, LeadershipTable, Slot
+from ._schedule_policy import SchedulePolicy, SchedulerStats
 from ._stepping import Stepper
 from .driver import HOLD
 from .errors import ConfigError, LifecycleError
@@ -67,9 +65,8 @@ __all__ = ["Scheduler", "SchedulerStats", "default_scheduler"]
 _NS = 1_000_000_000
 _RENEW = int(Action.RENEW)
 _RELEASE = int(Action.RELEASE)
-_READ = int(Action.READ)
-_PEER_CHECK = int(Action.PEER_CHECK)
 _WAIT = int(Action.WAIT)
+_STOPPED = int(_core.Role.STOPPED)
 _C_SHED_STEPS = int(_core.Counter.C_SHED_STEPS)
 _C_OVERLOAD_STEPDOWNS = int(_core.Counter.C_OVERLOAD_STEPDOWNS)
 #: How often in-flight steps are checked against their time bound.
@@ -80,34 +77,16 @@ _CPU_WINDOW_NS = 500_000_000
 #: scheduler's load (only the driver's own share of wall time is).
 _CPU_SIGNAL_ELECTORS = 1000
 
-
-@dataclass(slots=True)
-class SchedulerStats:
-    """Counters of a :class:`Scheduler` since it was made (for metrics and tests)."""
-
-    #: Renewal and release writes started.
-    renewals: int = 0
-    #: Reads and peer checks started.
-    reads: int = 0
-    #: Campaign writes (CREATE / TAKEOVER) started.
-    campaigns: int = 0
-    #: Reads and peer checks put back because the process was overloaded.
-    shed_reads: int = 0
-    #: Campaign writes put back because the process was overloaded.
-    shed_campaigns: int = 0
-    #: Steps cancelled because they outlived their bound (storage timeout or lease).
-    timeouts: int = 0
-    #: Largest delay (ns) between a renewal falling due and its write starting.
-    max_renew_lag_ns: int = 0
-    #: Times the driver saw the process overloaded (one per wake-up that shed).
-    overloaded_ticks: int = 0
-    #: Leaderships stepped down because renewals ran too late to keep them all.
-    dropped_leaderships: int = 0
-
-    @property
-    def shed(self) -> int:
-        """Steps put back under overload (reads plus campaigns)."""
-        return self.shed_reads + self.shed_campaigns
+# What the scheduler uses of an Elector (its side of the executor, in one
+# place): ``_driver`` (the sans-I/O step: poll, take_events, step_down,
+# hold_until, step_bound_ns, campaign), ``_slot`` (heartbeat, counters),
+# ``_watchdog``, ``_dispatch(events)``, ``_stopping``, ``_fail(exc)``,
+# ``_sched_step(action)`` (the step's I/O) and ``_sched_expired`` (read by
+# that step to tell a time-bound cancel from its own), ``_sched_inline``.
+# Every other piece of per-elector executor state (the wheel, what is in
+# flight, tasks, kicks) lives here or in the policy, keyed by elector.
+_campaign_of = attrgetter("_driver.campaign")
+_frequent_of = attrgetter("_driver.frequent_ns")
 
 
 class Scheduler:
@@ -128,6 +107,10 @@ class Scheduler:
     ``resolution``: the driver wakes at most once per this many seconds and
     then starts everything due, so a step may start up to this late (a late
     step is always safe: a renewal's lease counts from when it begins).
+
+    The decisions (the wheel, renew-first, shedding, the overload
+    step-down) are :class:`~fastelect._schedule_policy.SchedulePolicy`'s,
+    sans I/O; this class performs them on the event loop.
     """
 
     def __init__(
@@ -167,25 +150,31 @@ class Scheduler:
         self.warn_interval_ns = int(warn_interval * _NS)
         self.resolution_ns = int(resolution * _NS)
         self._log = logger or logging.getLogger(__name__)
+        self._policy: SchedulePolicy[Elector] = SchedulePolicy(
+            max_inflight=max_inflight,
+            lag_limit_ns=self.lag_limit_ns,
+            cpu_limit=self.cpu_limit,
+            campaign_limit=self.campaign_limit,
+            resolution_ns=self.resolution_ns,
+            campaign_of=_campaign_of,
+            frequent_of=_frequent_of,
+        )
         #: Counters since the scheduler was made.
-        self.stats = SchedulerStats()
-        # The timer wheel: bucket number (due_ns // resolution) -> electors due
-        # then, and a heap of the bucket numbers in use.  An entry counts only
-        # while it names the elector's current bucket (``_sched_bucket``), so
-        # re-scheduling leaves the old entry behind instead of searching for it.
-        self._buckets: dict[int, list[Elector]] = {}
-        self._bucket_heap: list[int] = []
-        self._cursor = 0  # the first bucket not yet served
+        self.stats: SchedulerStats = self._policy.stats
         self._active: set[Elector] = set()
-        self._inflight: set[Elector] = set()
-        self._inflight_other = 0
-        # Due steps waiting for room under max_inflight, oldest first.
-        self._ready: deque[tuple[Elector, int, int]] = deque()
+        # Steps in flight: elector -> its kind (RENEW for a release too).
+        self._inflight: dict[Elector, int] = {}
+        # Steps run by a Task of their own: elector -> (task, deadline).
+        self._tasks: dict[Elector, tuple[asyncio.Task[None], int]] = {}
+        # Electors kicked while a step was in flight: re-queued at once when it ends.
+        self._kicked: set[Elector] = set()
+        # stop() waits for the step in flight: elector -> the future it waits on.
+        self._finished: dict[Elector, asyncio.Future[None]] = {}
+        # Electors whose storage steps inline (see _step).
+        self._inline: set[Elector] = set()
         # Inline steps that yielded to the loop once (asyncio.sleep(0)): resumed
         # by the driver at its next turn, as a Task would be, without being one.
-        # Inline steps that yielded, resumed next turn (each keeps its coroutine
-        # in ``_sched_coro``: no pair object per step).
-        self._resume: list[Elector] = []
+        self._resume: dict[Elector, Coroutine[Any, Any, None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -198,9 +187,6 @@ class Scheduler:
         self._last_warn_ns = 0
         self._shed_since_warn = 0
         self._dropped_since_warn = 0
-        self._busy = 0.0  # the larger of CPU share and the driver's share of wall time
-        #: Since when every turn has served its due work more than lag_limit / 4 late (or 0).
-        self._late_since = 0
         self._busy_ns = 0
 
     # -- public API ----------------------------------------------------------------
@@ -213,7 +199,16 @@ class Scheduler:
     @property
     def overloaded(self) -> bool:
         """True if the last half second's load was over ``cpu_limit``."""
-        return self._busy > self.cpu_limit
+        return self._policy.busy > self.cpu_limit
+
+    @property
+    def _busy(self) -> float:
+        # The larger of CPU share and the driver's share of wall time (the policy's input).
+        return self._policy.busy
+
+    @_busy.setter
+    def _busy(self, value: float) -> None:
+        self._policy.busy = value
 
     def close(self) -> None:
         """Unmap the pooled tables; only once every elector on them has stopped."""
@@ -242,34 +237,41 @@ class Scheduler:
         elif self._loop is not loop:
             raise LifecycleError("a Scheduler drives electors of one event loop only")
         self._active.add(elector)
+        if elector._sched_inline:
+            self._inline.add(elector)
         self._push(elector, _core.monotonic_ns())
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drive(), name="fastelect-scheduler")
 
+    def _forget(self, elector: Elector) -> None:
+        self._active.discard(elector)
+        self._inline.discard(elector)
+        self._kicked.discard(elector)
+        self._policy.unschedule(elector)
+
     async def _remove(self, elector: Elector, bound: float) -> None:
         """Take ``elector`` off the wheel; wait up to ``bound`` s for its step in flight."""
-        self._active.discard(elector)
-        elector._sched_bucket = -1
+        self._forget(elector)
         if elector not in self._inflight:
             return
         assert self._loop is not None
-        finished = elector._sched_finished = self._loop.create_future()
+        finished = self._finished[elector] = self._loop.create_future()
         try:
             await asyncio.wait_for(asyncio.shield(finished), bound)
         except TimeoutError:
-            task = elector._sched_task
-            if task is not None:
+            held = self._tasks.get(elector)
+            if held is not None:
+                task = held[0]
                 task.cancel()
                 await asyncio.wait({task})
         finally:
-            elector._sched_finished = None
+            self._finished.pop(elector, None)
 
     def _failed(self, elector: Elector, exc: BaseException) -> None:
         """An elector's step raised past its own guard: end that elector, loudly, not the rest."""
         if elector not in self._active:
             return
-        self._active.discard(elector)
-        elector._sched_bucket = -1
+        self._forget(elector)
         elector._fail(exc)
 
     def _kick(self, elector: Elector) -> None:
@@ -277,25 +279,16 @@ class Scheduler:
         if elector not in self._active:
             return
         if elector in self._inflight:
-            elector._sched_kicked = True  # re-queued at once when its step ends
+            self._kicked.add(elector)  # re-queued at once when its step ends
             return
         self._push(elector, 0)
 
     # -- the wheel -----------------------------------------------------------------
 
     def _push(self, elector: Elector, due_ns: int) -> None:
-        bucket = due_ns // self.resolution_ns
-        if bucket < self._cursor:
-            bucket = self._cursor  # already past: the next turn serves it
-        elector._sched_bucket = bucket
-        entries = self._buckets.get(bucket)
-        if entries is None:
-            self._buckets[bucket] = [elector]
-            heappush(self._bucket_heap, bucket)
-            if bucket * self.resolution_ns < self._wake_at:
-                self._wake()
-        else:
-            entries.append(elector)
+        at = self._policy.push(elector, due_ns)
+        if 0 <= at < self._wake_at:
+            self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -305,30 +298,30 @@ class Scheduler:
 
     def _op_done(self, elector: Elector) -> None:
         """A step ended (its last act): schedule the elector's next one."""
-        self._inflight.discard(elector)
-        elector._sched_task = None
-        finished = elector._sched_finished
-        if finished is not None and not finished.done():
-            finished.set_result(None)
-        if elector._sched_kind != _RENEW:
-            self._inflight_other -= 1
-            if self._ready:
-                self._wake()
+        kind = self._inflight.pop(elector, _RENEW)
+        if self._tasks:
+            self._tasks.pop(elector, None)
+        if self._finished:
+            finished = self._finished.get(elector)
+            if finished is not None and not finished.done():
+                finished.set_result(None)
+        if self._policy.ended(kind):
+            self._wake()
         if elector in self._active:
-            kicked, elector._sched_kicked = elector._sched_kicked, False
-            self._push(elector, 0 if kicked else elector._campaign.next_at_ns)
+            if self._kicked and elector in self._kicked:
+                self._kicked.discard(elector)
+                self._push(elector, 0)
+            else:
+                self._push(elector, elector._driver.campaign.next_at_ns)
 
     def _start(self, elector: Elector, action: int, now: int) -> None:
-        elector._sched_kind = _RENEW if action in (_RENEW, _RELEASE) else action
-        if elector._sched_kind != _RENEW:
-            self._inflight_other += 1
-        self._inflight.add(elector)
-        if elector._sched_inline:
+        self._inflight[elector] = self._policy.began(action)
+        if elector in self._inline:
             self._step(elector, elector._sched_step(action), None)
             return
-        elector._sched_deadline = now + elector._step_bound_ns(action, now)
         assert self._loop is not None
-        elector._sched_task = self._loop.create_task(elector._sched_step(action))
+        task = self._loop.create_task(elector._sched_step(action))
+        self._tasks[elector] = (task, now + elector._driver.step_bound_ns(action, now))
 
     def _step(self, elector: Elector, coro: Coroutine[Any, Any, None], value: None) -> None:
         """Run an inline step until it yields; a Task costs more than the whole step.
@@ -341,23 +334,19 @@ class Scheduler:
         try:
             yielded = coro.send(value)
         except StopIteration:
-            elector._sched_coro = None
             return  # the step's own ``finally`` already called _op_done
         except Exception as exc:  # the step guards itself; this is a bug past its guard
-            elector._sched_coro = None
             self._failed(elector, exc)
             self._op_done(elector)
             return
         if yielded is None:
-            elector._sched_coro = coro
-            self._resume.append(elector)
+            self._resume[elector] = coro
             return
         assert self._loop is not None
-        elector._sched_coro = None
-        elector._sched_deadline = _core.monotonic_ns() + elector._step_bound_ns(
-            elector._sched_kind, _core.monotonic_ns()
-        )
-        elector._sched_task = self._loop.create_task(_handed_off(coro, yielded))
+        now = _core.monotonic_ns()
+        kind = self._inflight.get(elector, _RENEW)
+        task = self._loop.create_task(_handed_off(coro, yielded))
+        self._tasks[elector] = (task, now + elector._driver.step_bound_ns(kind, now))
 
     # -- the driver ----------------------------------------------------------------
 
@@ -371,41 +360,32 @@ class Scheduler:
             if not self._active and not self._inflight:
                 self._loop = None
                 # Entries left behind by re-scheduling name stopped electors.
-                self._buckets.clear()
-                self._bucket_heap.clear()
-                self._ready.clear()
+                self._policy.clear()
                 self._resume.clear()
 
     async def _drive_turns(self) -> None:
         loop = asyncio.get_running_loop()
-        buckets = self._bucket_heap
-        resolution = self.resolution_ns
+        policy = self._policy
         while self._active or self._inflight:
             if self._resume:
-                resume, self._resume = self._resume, []
-                for elector in resume:
-                    coro = elector._sched_coro
-                    assert coro is not None
+                resume, self._resume = self._resume, {}
+                for elector, coro in resume.items():
                     self._step(elector, coro, None)
+                resume.clear()  # a finished coroutine must not wait here for the next turn
             now = _core.monotonic_ns()
             if self._inflight and now >= self._next_sweep:
                 self._sweep(now)
             self._measure_cpu(now)
             lag = self._take_due(now)
-            # A lag counts only once it lasts: one late turn (a GC pass, a
-            # blocking call elsewhere, a starved machine) is not this
-            # scheduler's overload, and shedding would only slow failover.
-            if lag * 4 <= self.lag_limit_ns:
-                self._late_since = 0
-            elif not self._late_since:
-                self._late_since = now
             self._start_ready(now, lag)
             self._busy_ns += _core.monotonic_ns() - now
             # Sleep until the next due step, the next sweep or a kick.
-            wake = buckets[0] * resolution if buckets else now + _NS
+            wake = policy.next_due_ns()
+            if wake < 0:
+                wake = now + _NS
             if self._inflight:
                 wake = min(wake, self._next_sweep)
-            if self._resume or (self._ready and self._inflight_other < self.max_inflight):
+            if self._resume or policy.has_room():
                 wake = now  # steps to resume, or room freed meanwhile: go round again
             if wake <= now:
                 self._wake_at = 0
@@ -425,26 +405,14 @@ class Scheduler:
                 self._wake_at = 0
 
     def _take_due(self, now: int) -> int:
-        """Pop every due entry; start renewals, queue the rest; return the worst lag."""
-        ready = self._ready
+        """Poll every due elector; start renewals, queue the rest; return the worst lag."""
+        policy = self._policy
         stats = self.stats
-        lag = 0
+        due, lag = policy.take_due(now)
         renewals: list[Elector] = []
-        bucket_heap = self._bucket_heap
-        resolution = self.resolution_ns
-        last = now // resolution
-        self._cursor = last + 1
-        if bucket_heap and bucket_heap[0] <= last:
-            # How late this turn serves its oldest bucket: the process's lag.
-            lag = max(0, now - (bucket_heap[0] + 1) * resolution)
-        due: list[Elector] = []
-        while bucket_heap and bucket_heap[0] <= last:
-            bucket = heappop(bucket_heap)
-            due += [e for e in self._buckets.pop(bucket) if e._sched_bucket == bucket]
         for elector in due:
-            if elector._sched_bucket < 0 or elector._stopping:
-                continue  # listed twice (kicked), or stopped meanwhile
-            elector._sched_bucket = -1
+            if elector._stopping:
+                continue  # stopped meanwhile
             d = elector._driver
             try:
                 action = d.poll(now)
@@ -457,7 +425,7 @@ class Scheduler:
                 continue
             if action == _WAIT:
                 c = d.campaign
-                if c.role != _core.Role.STOPPED:
+                if c.role != _STOPPED:
                     self._push(elector, c.next_at_ns)
                 continue
             if action == HOLD:
@@ -470,7 +438,7 @@ class Scheduler:
                 stats.renewals += 1
                 self._start(elector, action, now)
             else:
-                ready.append((elector, action, now))
+                policy.queue(elector, action, now)
         if renewals:
             self._renew(renewals, now)
         return lag
@@ -478,29 +446,13 @@ class Scheduler:
     def _renew(self, renewals: list[Elector], now: int) -> None:
         """Start due renewals; if they run so late that leases are at risk, drop the newest.
 
-        A renewal's lease counts from its begin_write, inside the step, so
-        starting it late shortens nothing it already holds (rule 2).  But when
-        renewals alone outrun the process, every one of them runs later each
-        round until all leases lapse together.  Past three quarters of a
-        renewal's slack, while the process is over ``cpu_limit``, the youngest
-        quarter of the due leaderships step down instead (no write: stepping
-        down early is always safe), so the rest keep theirs.
+        The policy (``SchedulePolicy.renew``) decides which; here the
+        dropped ones step down (no write: stepping down early is always
+        safe) and the rest start.
         """
-        stats = self.stats
-        danger = False
-        for elector in renewals:
-            c = elector._campaign
-            late = now - c.next_at_ns
-            if late > stats.max_renew_lag_ns:
-                stats.max_renew_lag_ns = late
-            if late * 4 > (c.deadline_ns - c.next_at_ns) * 3:
-                danger = True
-        # Only a sustained overload: a backlog left by one pause (a GC pass, a
-        # blocking call) clears within a turn or two and needs no sacrifice.
-        if danger and self._busy > self.cpu_limit and len(renewals) > 1:
-            renewals.sort(key=_leader_since)
-            keep = len(renewals) - max(1, len(renewals) // 4)
-            for elector in renewals[keep:]:
+        start, drop = self._policy.renew(renewals, now)
+        if drop:
+            for elector in drop:
                 d = elector._driver
                 d.step_down(now)
                 elector._slot.count(_C_OVERLOAD_STEPDOWNS)
@@ -510,89 +462,25 @@ class Scheduler:
                     self._failed(elector, exc)
                     continue
                 self._push(elector, d.hold_until(now))
-            dropped = len(renewals) - keep
-            stats.dropped_leaderships += dropped
-            self._warn(now, dropped_now=dropped)
-            renewals = renewals[:keep]
-        stats.renewals += len(renewals)
-        for elector in renewals:
+            self._warn(now, dropped_now=len(drop))
+        for elector in start:
             self._start(elector, _RENEW, now)
 
     def _start_ready(self, now: int, lag: int) -> None:
-        ready = self._ready
-        if not ready:
+        policy = self._policy
+        if not policy.ready:
             return
-        stats = self.stats
-        late_for = now - self._late_since if self._late_since else 0
-        overloaded = (
-            lag > self.lag_limit_ns and late_for >= self.lag_limit_ns
-        ) or self._busy > self.cpu_limit
-        if not overloaded and now - ready[0][2] > self.lag_limit_ns:
-            overloaded = True  # steps waited too long for room in flight
-        if overloaded:
-            self._shed(now)
-            return
-        # A won campaign is a renewal every interval from then on: start new
-        # ones only with room to spare, or the leaderships held pay for them.
-        campaigns = self._busy < self.campaign_limit and late_for * 4 < self.lag_limit_ns
-        room = self.max_inflight - self._inflight_other
-        held_back: list[tuple[Elector, int, int]] = []
-        while ready and room > 0:
-            item = ready.popleft()
-            elector, action, _ = item
-            if not self._waiting(elector):
-                continue
-            if action in (_READ, _PEER_CHECK):
-                stats.reads += 1
-            elif not campaigns:
-                held_back.append(item)
-                continue
-            else:
-                stats.campaigns += 1
+        starts, shed = policy.start_ready(now, lag, self._waiting)
+        for elector, action in starts:
             self._start(elector, action, now)
-            room -= 1
-        if held_back:
-            ready.extendleft(reversed(held_back))
-            self._shed(now, campaigns_only=True)
+        if shed:
+            for elector, _ in shed:
+                elector._slot.count(_C_SHED_STEPS)  # for /metrics, per election
+            self._warn(now, shed_now=len(shed))
 
     def _waiting(self, elector: Elector) -> bool:
         """True if a queued step of ``elector`` is still its next one."""
-        # A kick while queued put it back on the wheel; that entry now decides.
-        return (
-            elector._sched_bucket < 0
-            and not elector._stopping
-            and elector in self._active
-            and elector not in self._inflight
-        )
-
-    def _shed(self, now: int, campaigns_only: bool = False) -> None:
-        """Put back every waiting campaign (and poll) by one to two of its intervals."""
-        stats = self.stats
-        shed = 0
-        ready = self._ready
-        kept: list[tuple[Elector, int, int]] = []
-        while ready:
-            item = ready.popleft()
-            elector, action, _ = item
-            if not self._waiting(elector):
-                continue
-            if campaigns_only and action in (_READ, _PEER_CHECK):
-                kept.append(item)
-                continue
-            if action in (_READ, _PEER_CHECK):
-                stats.shed_reads += 1
-            else:
-                stats.shed_campaigns += 1
-            shed += 1
-            elector._slot.count(_C_SHED_STEPS)  # for /metrics, per election
-            # Jitter spreads the returning steps instead of bringing them back at once.
-            back = int(elector._driver.frequent_ns * (1.0 + random.random()))
-            self._push(elector, now + back)
-        ready.extend(kept)
-        if not shed:
-            return
-        stats.overloaded_ticks += 1
-        self._warn(now, shed_now=shed)
+        return not elector._stopping and elector in self._active and elector not in self._inflight
 
     def _warn(self, now: int, shed_now: int = 0, dropped_now: int = 0) -> None:
         """One WARNING per ``warn_interval`` at most, with what was shed meanwhile."""
@@ -606,7 +494,7 @@ class Scheduler:
             "late): put back %d polls and campaigns, stepped down from %d of the newest "
             "leaderships; the others are renewed first",
             len(self._active),
-            self._busy * 100,
+            self._policy.busy * 100,
             stats.max_renew_lag_ns / 1e6,
             self._shed_since_warn,
             self._dropped_since_warn,
@@ -625,9 +513,8 @@ class Scheduler:
     def _sweep(self, now: int) -> None:
         """Cancel steps that outlived their bound; the step reports a timeout."""
         self._next_sweep = now + _SWEEP_NS
-        for elector in [e for e in self._inflight if now >= e._sched_deadline]:
-            task = elector._sched_task
-            if task is not None and not task.done() and not elector._sched_expired:
+        for elector, (task, deadline) in list(self._tasks.items()):
+            if now >= deadline and not task.done() and not elector._sched_expired:
                 elector._sched_expired = True
                 self.stats.timeouts += 1
                 task.cancel("fastelect: storage step timed out")
@@ -645,17 +532,13 @@ class Scheduler:
             # process is the application's, and shedding would only slow failover.
             self._cpu_busy = (cpu_now - cpu) / (now - start)
             ours = self._cpu_busy if len(self._active) >= _CPU_SIGNAL_ELECTORS else 0.0
-            self._busy = max(ours, self._busy_ns / (now - start))
+            self._policy.busy = max(ours, self._busy_ns / (now - start))
         self._busy_ns = 0
         self._cpu_mark = (now, cpu_now)
 
 
 async def _handed_off(coro: Coroutine[Any, Any, None], yielded: object) -> None:
     await Stepper(coro, yielded=yielded)
-
-
-def _leader_since(elector: Elector) -> int:
-    return int(elector._campaign.leader_since_ns)
 
 
 def _set_done(waiter: asyncio.Future[None]) -> None:

@@ -24,7 +24,7 @@ import sys
 
 from .mutants import MUTANTS
 from .runner import RunSummary, print_progress, run_many
-from .world import SimFailure, draw_params, run_schedule
+from .world import SimFailure, draw_params, format_families, run_schedule
 
 #: Seeds per block in a mutant hunt: blocks go in seed order, so a small
 #: block wastes little past the first failing seed.
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{s.events} events, {s.acquisitions} leaderships, {s.work_steps} work steps"
     )
     print("coverage: " + ", ".join(f"{k}={v}" for k, v in sorted(s.stats.items())))
+    print("coverage by family:\n" + format_families(s.stats))
     return 0
 
 

@@ -234,6 +234,22 @@ class Checker:
                 "hooks", t, f"n{node}'s events say {said} but its Campaign role is {role}"
             )
 
+    # -- the executor: renew first ------------------------------------------------------
+
+    def renewal_held(self, t: int, node: int, due: int) -> None:
+        """``node``'s lease lapsed while its renewal, due since ``due``, had not started.
+
+        The executor starts a due renewal in the turn that finds it due, before
+        any read or campaign, or steps that leadership down (overload): a
+        leadership is never lost waiting behind other steps.
+        """
+        raise Violation(
+            "renew-first",
+            t,
+            f"n{node}'s lease lapsed while its renewal, due since {due / 1e6:.3f} ms, waited "
+            "behind other steps instead of starting first",
+        )
+
     # -- leader work ------------------------------------------------------------------
 
     def work_step(self, t: int, node: int, term: int) -> None:

@@ -151,6 +151,21 @@ register(
 )
 
 
+def _no_renew_first(world: World) -> None:
+    world.renew_first = False
+
+
+register(
+    Mutant(
+        "renew-first",
+        "executor",
+        "the executor queues due renewals with reads and campaigns under max_inflight, "
+        "sheds with them under overload, and never steps down to keep the older leases",
+        apply=_no_renew_first,
+    )
+)
+
+
 @functools.cache
 def mutant_class(name: str | None) -> type[_rules_py.Campaign]:
     """The twin Campaign with mutant ``name``'s fix undone (None: the faithful twin)."""
@@ -206,7 +221,8 @@ def campaign_factory(p: Params, world: World, compiled: type) -> Callable[..., A
         def on_read(*read: Any) -> None:
             world.nodes[index].oracle.wall_observed(*read)
 
-        offset = p.wall_offsets[index] if p.wall_offsets else 0
+        # Wall clocks are per process (node index = election * processes + process).
+        offset = p.wall_offsets[index % len(p.node_ids)] if p.wall_offsets else 0
         return layered((offset, p.max_skew, on_read), slot, *args, **more)
 
     return make

@@ -18,10 +18,21 @@ Liveness is checked in true time with the arithmetic ``is_leader()`` uses:
 node *i* is live at ``t`` iff its Campaign's role is LEADER and
 ``local_i(t) < deadline_ns``.
 
-Each node (:class:`SimNode`) runs the real :class:`~fastelect.driver.Driver`
+Each elector (:class:`SimNode`) runs the real :class:`~fastelect.driver.Driver`
 around the real Campaign: the simulator adds only what ``Elector`` adds
 around its driver -- requests, timers, hooks and guarded work, as events on
 the heap -- and each method names the Elector method it stands for.
+
+Processes (:class:`SimProc`) host one elector per election (each election
+its own key in the store, its own :class:`Checker`), and every elector of a
+process runs on that process's executor: the real
+:class:`~fastelect._schedule_policy.SchedulePolicy` (the timer wheel,
+renew-first, shedding, the overload step-down) driven as
+:class:`~fastelect.scheduler.Scheduler` drives it, on the process's clock.
+Executor work costs simulated CPU (``Params.exec_cost`` per step, far more
+during an ``NF_SLOW`` fault): a process with more due work than CPU serves
+it late, and its policy sees that lag and load.  Node index =
+``election * processes + process``.
 """
 
 from __future__ import annotations
@@ -31,12 +42,14 @@ import heapq
 import random
 from collections import deque
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import orjson
 
 from .. import _core
 from .._core import Campaign, LeadershipTable
+from .._schedule_policy import SchedulePolicy
 from ..driver import HOLD, HOOK_ACQUIRE, HOOK_LOSE, Driver
 from ..errors import RecordError
 from ..record import parse_record, record_term
@@ -45,7 +58,18 @@ from .mutants import campaign_factory
 from .oracle import RuleOracle
 from .wallclock import draw_wall_clocks
 
-__all__ = ["COVERAGE", "Params", "Result", "SimFailure", "World", "draw_params", "run_schedule"]
+__all__ = [
+    "COVERAGE",
+    "FAMILIES",
+    "Params",
+    "Result",
+    "SimFailure",
+    "World",
+    "by_family",
+    "draw_params",
+    "format_families",
+    "run_schedule",
+]
 
 #: Situations the default run must reach (``Result.stats`` keys), so a change
 #: that quietly stops injecting a fault fails the tests instead of passing them.
@@ -70,7 +94,43 @@ COVERAGE = (
     "corrupt-replaced",  # an elector replaced such a record (after its own T)
     "hook-hung",  # a hook ran to hook_timeout and counted as failed (rule 9)
     "campaign-held",  # a campaign waited for the last leadership's hooks (rule 9)
+    "shed",  # the executor put back a poll or campaign under overload
+    "slow",  # a process's executor slowed down (NF_SLOW: steps cost far more CPU)
+    "multi-election",  # processes hosting electors of several elections on one executor
+    "peer-toggle",  # peer mode switched on or off on a running elector
 )
+
+#: Coverage counters by family, printed after a run; each family must be
+#: reached (tests/test_sim.py), and its keys are the ``Result.stats`` keys.
+FAMILIES: dict[str, tuple[str, ...]] = {
+    # The executor (its policy on simulated CPU): polls and campaigns put back,
+    # a load measured over cpu_limit and leaderships given up to keep the rest.
+    "shed": ("shed-read", "shed-campaign"),
+    "overload": ("overloaded", "overload-stepdown"),
+    "executor": ("slow", "multi-election", "shed-turn"),
+    "hook": ("hook-hung", "hook-skipped", "campaign-held"),
+    "skew": ("skew-bounded", "wall-apart"),
+    "peer": ("peer-lie", "peer-toggle", "peer-on"),
+    "config": ("config", "config-mid-write"),
+    "restart": ("crash", "restart", "stop", "pause"),
+    "store": ("late-write", "lost-reply", "orphan-write", "partition", "corrupt"),
+    "rules": ("adopt", "lease-lapsed", "work-refused", "duplicate-id", "takeover"),
+}
+
+
+def by_family(stats: dict[str, int]) -> dict[str, dict[str, int]]:
+    """``stats`` grouped by :data:`FAMILIES` (a family's keys with their counts, 0 if never)."""
+    return {fam: {k: stats.get(k, 0) for k in keys} for fam, keys in FAMILIES.items()}
+
+
+def format_families(stats: dict[str, int]) -> str:
+    """One line per family: its total, then each counter (printed after a run)."""
+    lines = []
+    for fam, counts in by_family(stats).items():
+        inner = ", ".join(f"{k}={v}" for k, v in counts.items())
+        lines.append(f"  {fam:<9}{sum(counts.values()):>8}  ({inner})")
+    return "\n".join(lines)
+
 
 MS = 1_000_000
 SEC = 1_000_000_000
@@ -86,6 +146,13 @@ CALM_MIN, CALM_MAX = 1 * MS, 10 * MS
 RETRY_MAX = 1 * SEC
 #: Past those, a retry waits F plus up to F / RETRY_JITTER_DIV (_rules.pyx).
 RETRY_JITTER_DIV = 4
+#: The executor's settings: Scheduler()'s defaults (scheduler.py), in ns.
+RESOLUTION = 5 * MS
+LAG_LIMIT = 100 * MS
+CPU_LIMIT = 0.9
+CAMPAIGN_LIMIT = 0.6
+#: The window its load is measured over (scheduler.py's _CPU_WINDOW_NS).
+CPU_WINDOW = 500 * MS
 
 LEADER = int(_core.Role.LEADER)
 STOPPED_ROLE = int(_core.Role.STOPPED)
@@ -100,8 +167,10 @@ EV_DUPLICATE_ID = int(_core.Event.EV_DUPLICATE_ID)
 ACTION_NAMES = _core.ACTION_NAMES
 
 # Event kinds on the heap.
-E_WAKE, E_REPLY, E_TIMEOUT, E_APPLY, E_EXPIRY, E_WORK, E_FAULT, E_CHECK, E_HOOK = range(9)
-_NODE_EVENTS = (E_WAKE, E_REPLY, E_TIMEOUT, E_EXPIRY, E_WORK, E_HOOK)
+# E_TURN: a process's executor turn (its index in the node field).
+E_TURN, E_REPLY, E_TIMEOUT, E_APPLY, E_EXPIRY, E_WORK, E_FAULT, E_CHECK, E_HOOK = range(9)
+A_RENEW = int(_core.Action.RENEW)
+A_RELEASE = int(_core.Action.RELEASE)
 # Outcomes of a request, as the client sees them.
 O_OK, O_MISSING, O_PRE, O_FAIL = range(4)
 # Request fates (drawn per request while faults are on).
@@ -119,6 +188,10 @@ NF_CORRUPT = 14
 #: What NF_CORRUPT writes: not JSON; a term out of range; an in-bounds term with
 #: an absurd or negative lease (the values issue 19 found).
 CORRUPT_NOT_JSON, CORRUPT_TERM_RANGE, CORRUPT_LEASE = range(3)
+#: A process's executor slows down for ``arg`` ns (a CPU hog beside it), and back.
+NF_SLOW, NF_FAST = 15, 16
+#: Peer mode switched on (or off) on a running process's electors (update_config).
+NF_PEER = 17
 _CORRUPT_LEASES = (9_223_372_036_854, 10**12, -1, 0, 86_400_001)
 # Node process states.
 S_RUNNING, S_STOPPED, S_CRASHED = range(3)
@@ -188,6 +261,14 @@ class Params:
     #: time (empty: all agree), and the max_clock_skew electors run with (-1: off).
     wall_offsets: list[int] = field(default_factory=list)
     max_skew: int = -1
+    #: Elections: each process hosts one elector of each, on its one executor.
+    elections: int = 1
+    #: The executor: max_inflight and the wheel's resolution (Scheduler's),
+    #: CPU each executor step costs (ns), and while an NF_SLOW fault lasts.
+    max_inflight: int = 512
+    resolution: int = RESOLUTION
+    exec_cost: int = 0
+    slow_cost: int = 0
 
 
 def _ms(rng: random.Random, lo: int, hi: int) -> int:
@@ -233,7 +314,14 @@ def liveness_bound(p: Params) -> int:
     #    before the faults stopped, and a failed on_acquire's release makes
     #    that node wait a lease before it campaigns again.
     hooks = 2 * p.hook_timeout + 4 * p.hook_max + t_max if p.hooks else 0
-    return stray + backoff + poll_max + peer + t_max + hooks + 8 * 2 * CALM_MAX
+    # 6. The executor: each step may start a resolution late; a slowed one
+    #    drains its backlog (a few events per elector) at its slow cost, its
+    #    load stays measured high for up to two windows, and what it shed
+    #    comes back within 2 F.
+    executor = 8 * p.resolution + 16 * p.elections * p.exec_cost
+    if p.slow_cost:
+        executor += 6 * p.elections * p.slow_cost + 2 * CPU_WINDOW + 2 * LAG_LIMIT + 2 * f_max
+    return stray + backoff + poll_max + peer + t_max + hooks + executor + 8 * 2 * CALM_MAX
 
 
 def draw_params(seed: int) -> Params:
@@ -301,9 +389,30 @@ def draw_params(seed: int) -> Params:
         p.hook_max = t_max // 40
         p.p_hook_fail = hrng.choice((0.0, 0.1, 0.3))
     draw_wall_clocks(p)  # from a generator of its own too
+    _draw_executor(p, n, t_max)  # and so is the executor's
     p.live_by = faults_end + liveness_bound(p)
     p.end = p.live_by + 2 * t_max
     return p
+
+
+def _draw_executor(p: Params, n: int, t_max: int) -> None:
+    """Elections per process, the executor's settings and its faults, from their own generator."""
+    xrng = random.Random(p.seed ^ 0xE8EC)
+    p.elections = xrng.choices((1, 2, 4), (8.0, 1.5, 0.5))[0]
+    p.max_inflight = xrng.choice((p.elections, 2 * p.elections, 512))
+    p.exec_cost = xrng.choice((0, 0, 100_000, MS))
+    if xrng.random() < (0.3 if p.elections == 1 else 0.6):
+        # A CPU hog beside the process: each step costs so much that its
+        # electors need 0.7 to 3 times the CPU it has.
+        f_min = min(t.frequent for t in p.timings)
+        load = xrng.choice((0.7, 1.5, 3.0))
+        p.slow_cost = max(MS, int(load * f_min / (3 * p.elections)))
+        for _ in range(xrng.randint(1, 2)):
+            at = xrng.randint(0, p.faults_end)
+            p.faults.append((at, NF_SLOW, xrng.randrange(n), xrng.randint(t_max, 3 * t_max)))
+    if xrng.random() < 0.25:
+        for _ in range(xrng.randint(1, 2)):
+            p.faults.append((xrng.randint(0, p.faults_end), NF_PEER, xrng.randrange(n), 0))
 
 
 class SimFailure(AssertionError):
@@ -339,26 +448,28 @@ class Result:
 
 
 class SimNode:
-    """One elector process: the real :class:`~fastelect.driver.Driver` on simulated clocks.
+    """One elector: the real :class:`~fastelect.driver.Driver` on its process's clock.
 
     What this class adds is what ``Elector`` adds around its driver: the
     requests (sent to the simulated store), timers, hooks (simulated: each
     takes a drawn time, some hang to ``hook_timeout``) and guarded leader
-    work; every rule lives in the driver and the Campaign.
+    work; every rule lives in the driver and the Campaign, and when a step
+    runs is its process's executor's (:class:`SimProc`) decision.
     """
 
     __slots__ = (
         "addr",
         "c",
+        "chk",
         "config_on_write",
         "d",
         "deferred",
+        "election",
         "expiry_token",
         "final_write",
         "freeze_after_write",
         "hook_token",
         "index",
-        "kicked",
         "last_read",
         "leaderships_before",
         "lease_deadline",
@@ -370,27 +481,35 @@ class SimNode:
         "oracle",
         "partitioned",
         "paused",
+        "peer_mode",
+        "pos",
+        "proc",
         "rate",
+        "renew_due",
         "server_id",
-        "sleeping",
         "slot",
         "state",
         "stopping",
         "timing",
         "w",
-        "wake_token",
     )
 
-    def __init__(self, w: World, index: int) -> None:
+    def __init__(self, w: World, proc: SimProc, election: int) -> None:
         p = w.p
         self.w = w
-        self.index = index
-        self.server_id = p.node_ids[index]
-        self.addr = f"n{index}:8443"
-        self.rate = p.rates[index]
-        self.offset = p.offsets[index]
-        self.timing = p.timings[p.node_timing[index]]
-        self.slot = w.table.slot(f"n{index}", self.server_id)
+        self.proc = proc
+        self.election = election
+        #: Its place among its election's electors (the checker's numbering).
+        self.pos = pos = proc.index
+        self.index = election * len(p.node_ids) + pos
+        self.chk = w.checkers[election]
+        self.server_id = p.node_ids[pos]
+        self.addr = f"n{pos}:8443"
+        self.rate = p.rates[pos]
+        self.offset = p.offsets[pos]
+        self.timing = p.timings[p.node_timing[pos]]
+        self.peer_mode = p.peer_mode
+        self.slot = w.table.slot(f"e{election}n{pos}", self.server_id)
         self.state = S_RUNNING
         self.paused = False
         self.partitioned = False
@@ -438,7 +557,7 @@ class SimNode:
             tm.infrequent,
             tm.margin,
             -1,
-            p.peer_mode,
+            self.peer_mode,
             self.local(t),
             self.w.nonce(),
         )
@@ -454,14 +573,12 @@ class SimNode:
         )
 
     def _reset_loop(self) -> None:
-        self.sleeping = False
-        self.kicked = False
+        self.renew_due = -1
         self.stopping = False
         self.final_write = False
         self.op_token = 0
         self.op_kind = 0
         self.op_to = 0
-        self.wake_token = 0
         self.expiry_token = 0
         self.lease_on = False
         self.lease_deadline = 0
@@ -490,13 +607,19 @@ class SimNode:
                     and self.true_at(self.lease_deadline) <= t
                 ):
                     w.count("lease-lapsed")
+                    if self.renew_due >= 0:
+                        # Renew-first: a due renewal never waits behind other steps.
+                        self.chk.renewal_held(t, self.pos, self.true_at(self.renew_due))
+                self.renew_due = -1
                 self.expiry_token = 0  # _cancel_expiry
-                w.checker.lost(t, self.index)
+                self.chk.lost(t, self.pos)
             if ev & EV_ACQUIRED:
-                w.checker.acquired(t, self.index, c.term)
+                self.chk.acquired(t, self.pos, c.term)
                 acq = w.result.acquired_at
-                if acq and acq[-1][1] != self.index:
+                last = w.last_leader
+                if last[self.election] not in (-1, self.pos):
                     w.count("takeover")
+                last[self.election] = self.pos
                 if self.op_kind == A_READ:
                     w.count("adopt")
                 acq.append((t, self.index))
@@ -504,17 +627,17 @@ class SimNode:
             if c.role == LEADER:
                 self._arm_expiry(t)
         is_leader = c.role == LEADER
-        w.checker.role_agrees(t, self.index, is_leader)
+        self.chk.role_agrees(t, self.pos, is_leader)
         if is_leader:
             dl = c.deadline_ns
             if not self.lease_on or dl != self.lease_deadline:
                 self.lease_on = True
                 self.lease_deadline = dl
-                w.checker.lease(t, self.index, self.true_at(dl), c.term)
+                self.chk.lease(t, self.pos, self.true_at(dl), c.term)
                 self.oracle.leading(t, dl, adopted)
         elif self.lease_on:
             self.lease_on = False
-            w.checker.lease_over(t, self.index)
+            self.chk.lease_over(t, self.pos)
         if d.hooks_pending and not self.hook_token:
             self._next_hook(t)
 
@@ -530,7 +653,7 @@ class SimNode:
             w.count("hook-skipped")
         if hook is not None:
             leadership = self.leaderships_before + hook.leadership
-            w.checker.hook_started(t, self.index, hook.name, leadership)
+            self.chk.hook_started(t, self.pos, hook.name, leadership)
             hung = not w.calm and w.hook_rng.random() < p.p_hook_fail
             took = p.hook_timeout if hung else w.hook_rng.randint(0, p.hook_max)
             if hung:
@@ -568,7 +691,9 @@ class SimNode:
 
     def _schedule_work(self, t: int, generation: int) -> None:
         w = self.w
-        step = w.rng.randint(w.p.work_min, w.p.work_max)
+        # Each election's leader works; the more elections, the slower each
+        # one's steps (the run's budget), each still checked against its lease.
+        step = w.rng.randint(w.p.work_min, w.p.work_max) * w.p.elections
         w.push(self.true_after(t, step), E_WORK, self.index, generation, None)
 
     def on_work(self, t: int, generation: int) -> None:
@@ -582,68 +707,61 @@ class SimNode:
             return
         if self.w.rec:
             self.w.note(t, self, "work step")
-        self.w.checker.work_step(t, self.index, self.c.term)
+        self.chk.work_step(t, self.pos, self.c.term)
         self._schedule_work(t, generation)
 
-    # -- the loop (Elector._run / _sleep_until / _kick) ------------------------------
+    # -- the executor's side (Scheduler._kick / _take_due / _start) --------------------
 
     def kick(self, t: int) -> None:
-        self.kicked = True
-        if self.sleeping:
-            self.wake_token = tok = self.w.token()
-            self.w.push(t, E_WAKE, self.index, tok, None)
+        # Elector._kick -> Scheduler._kick: look at the campaign again now.
+        if self.state == S_RUNNING and not self.stopping and not self.final_write:
+            self.proc.kick(t, self)
 
-    def on_wake(self, t: int) -> None:
-        self.sleeping = False
-        self.kicked = False  # _sleep_until's finally
-        self.run(t)
-
-    def _sleep(self, t: int, at: int) -> None:
-        self.sleeping = True
-        self.wake_token = tok = self.w.token()
-        self.w.push(at, E_WAKE, self.index, tok, None)
-
-    def run(self, t: int) -> None:
-        """One pass of ``Elector._run`` up to its next await."""
-        c = self.c
+    def due(self, t: int, now: int) -> int | None:
+        """The executor took this elector off its wheel: poll; the action to start, if any."""
         d = self.d
-        while True:
-            if self.stopping:
-                self._stop_sequence(t)
-                return
-            now = self.local(t)
-            action = d.poll(now)
-            self.sync(t)
-            if action == HOLD:
-                # Rule 9: the last leadership's hooks finish before a new one begins.
-                self.w.count("campaign-held")
-                if self.kicked:
-                    self.kicked = False
-                    continue
-                self._sleep(t, self.true_at(d.hold_until(now)))
-                return
-            if action == A_WAIT:
-                if c.role == STOPPED_ROLE:
-                    return
-                if self.kicked:  # _sleep_until returns at once
-                    self.kicked = False
-                    continue
-                at = self.true_at(c.next_at_ns)
-                if at <= t:
-                    continue
-                self._sleep(t, at)
-                return
-            if action == A_READ:
-                self._send(t, A_READ, d.op_timeout_ns(now), None)
-            elif action == A_PEER:
-                self._send(t, A_PEER, d.peer_timeout_ns, (c.leader_addr, c.leader_id))
-            else:
-                self._begin_write(t, now)
-            return
+        c = self.c
+        action = d.poll(now)
+        self.sync(t)
+        if action == HOLD:
+            # Rule 9: the last leadership's hooks finish before a new one begins.
+            self.w.count("campaign-held")
+            self.proc.push(t, self, d.hold_until(now))
+            return None
+        if action == A_WAIT:
+            if c.role != STOPPED_ROLE:
+                self.proc.push(t, self, c.next_at_ns)
+            return None
+        if action == A_RENEW:
+            self.renew_due = now  # until its write begins (or it steps down)
+        return action
+
+    def begin(self, t: int, now: int, action: int) -> None:
+        """Start the step the executor chose (Elector._sched_step, up to the request)."""
+        d = self.d
+        c = self.c
+        if action == A_READ:
+            self._send(t, A_READ, d.op_timeout_ns(now), None)
+        elif action == A_PEER:
+            self._send(t, A_PEER, d.peer_timeout_ns, (c.leader_addr, c.leader_id))
+        else:
+            self._begin_write(t, now)
+
+    def overload_step_down(self, t: int, now: int) -> None:
+        """The executor gave up this leadership to keep the older ones (no write)."""
+        self.renew_due = -1
+        self.w.count("overload-stepdown")
+        if self.w.rec:
+            self.w.note(t, self, "overload: steps down")
+        d = self.d
+        d.step_down(now)
+        self.sync(t)
+        self.proc.push(t, self, d.hold_until(now))
 
     def _begin_write(self, t: int, now: int) -> None:
         # Elector._write, up to the request.
         c = self.c
+        self.renew_due = -1
         kind, body, if_match, term, wall, _ = self.d.begin_write(now, EPOCH_NS + t)
         # The lease held once the write is under way (begin_write may shorten it).
         leading = c.deadline_ns if c.role == LEADER and c.is_leader(now) else None
@@ -662,7 +780,7 @@ class SimNode:
             # The operator's update_config lands while this write is in flight.
             w = self.w
             at = min(self.op_to - 1, t + w.rng.randint(0, 2 * CALM_MAX))
-            w.push(at, E_FAULT, self.index, 0, (NF_CONFIG, self.config_on_write))
+            w.push(at, E_FAULT, self.pos, 0, (NF_CONFIG, self.config_on_write))
             w.count("config-mid-write")
             self.config_on_write = -1
             if w.rng.random() < 0.5:
@@ -724,13 +842,15 @@ class SimNode:
                 self.freeze_after_write = False
                 t_max = max(tm.lease for tm in w.p.timings)
                 at = t + w.rng.randint(0, self.timing.frequent // 2)
-                w.push(at, E_FAULT, self.index, 0, (NF_PAUSE, w.rng.randint(t_max, 2 * t_max)))
+                w.push(at, E_FAULT, self.pos, 0, (NF_PAUSE, w.rng.randint(t_max, 2 * t_max)))
         self.sync(t, self.last_read if kind == A_READ and code == O_OK else None)
         if self.final_write:
             self.final_write = False
             self._finish_stop(t)
             return
-        self.run(t)
+        self.proc.step_done(t, self)
+        if self.stopping:
+            self._stop_sequence(t)
 
     def _read(self, t: int, now: int, body: bytes, etag: str) -> None:
         w = self.w
@@ -758,17 +878,18 @@ class SimNode:
     # -- stop and start (Elector.stop / start), crash and restart ----------------------
 
     def request_stop(self, t: int) -> None:
-        if self.state != S_RUNNING or self.stopping:
-            return
+        if self.state != S_RUNNING or self.stopping or self.final_write:
+            return  # not running, or already stopping
         if self.w.rec:
             self.w.note(t, self, "stop requested")
         self.stopping = True
-        self.kick(t)
+        # Elector.stop: off the executor's wheel; a step in flight ends first.
+        self.proc.policy.unschedule(self)
+        if not self.op_token:
+            self._stop_sequence(t)
 
     def _stop_sequence(self, t: int) -> None:
         self.stopping = False
-        self.sleeping = False
-        self.wake_token = 0
         now = self.local(t)
         if self.d.begin_stop(now):
             self.sync(t)
@@ -797,10 +918,11 @@ class SimNode:
             self.d.restart(self.local(t), self.w.nonce())  # rule 0: a new incarnation
             self.oracle = self._new_oracle()
         self.state = S_RUNNING
+        self.stopping = False  # Elector.start
         if self.w.rec:
             self.w.note(t, self, f"started, nonce {c.nonce[:4]}")
         self.sync(t)
-        self.run(t)
+        self.proc.push(t, self, 0)
 
     def crash(self, t: int) -> None:
         if self.state == S_CRASHED:
@@ -815,13 +937,14 @@ class SimNode:
         self.d.drop_hooks()
         self.d.generation += 1
         self.hook_token = 0
-        self.w.checker.crashed(t, self.index)
+        self.chk.crashed(t, self.pos)
         self.slot.release_slot()
 
     def restart(self, t: int) -> None:
         if self.state != S_CRASHED:
             return
         self.slot.restart_slot()
+        self.w.count("restart")
         # Same id, new incarnation; the count of leadership changes goes on, so
         # work and hooks of the dead process never match the new one's.
         self.leaderships_before += self.d.leaderships
@@ -831,7 +954,7 @@ class SimNode:
         self.state = S_RUNNING
         if self.w.rec:
             self.w.note(t, self, f"restarted, nonce {self.c.nonce[:4]}")
-        self.run(t)
+        self.proc.push(t, self, 0)
 
     def update_config(self, t: int, timing: Timing) -> None:
         # Elector.update_config: configure() then kick.
@@ -845,7 +968,7 @@ class SimNode:
             timing.infrequent,
             timing.margin,
             -1,
-            p.peer_mode,
+            self.peer_mode,
             storage_timeout_ns=timing.storage_timeout,
             peer_timeout_ns=p.peer_timeout,
             hooks=self.d.hooks,
@@ -856,6 +979,243 @@ class SimNode:
             self.w.note(t, self, f"config T={timing.lease // MS} m={timing.margin // MS}")
         if self.state == S_RUNNING:
             self.kick(t)
+
+    def set_peer_mode(self, t: int, on: bool) -> None:
+        # Elector.enable_peer_mode / update_config(peer_mode=...): configure() then kick.
+        self.peer_mode = on
+        if self.state == S_CRASHED:
+            return
+        tm = self.timing
+        self.d.configure(
+            tm.lease,
+            tm.frequent,
+            tm.infrequent,
+            tm.margin,
+            -1,
+            on,
+            storage_timeout_ns=tm.storage_timeout,
+            peer_timeout_ns=self.w.p.peer_timeout,
+            hooks=self.d.hooks,
+        )
+        self.sync(t)
+        if self.w.rec:
+            self.w.note(t, self, f"peer mode {'on' if on else 'off'}")
+        if self.state == S_RUNNING:
+            self.kick(t)
+
+
+def _waiting(node: SimNode) -> bool:
+    # Scheduler._waiting: a queued step is still the elector's next one.
+    return node.state == S_RUNNING and not (node.stopping or node.final_write or node.op_token)
+
+
+class SimProc:
+    """One process: its electors and the executor they share, on the process's clock.
+
+    What this class adds is what :class:`~fastelect.scheduler.Scheduler`
+    adds around its :class:`~fastelect._schedule_policy.SchedulePolicy`:
+    one turn at a time at the wheel's next bucket, the steps it chose
+    started, in-flight accounting and kicks.  Every decision is the
+    policy's.  Each event the process handles costs ``cost`` ns of its one
+    CPU (a turn: ``cost`` per elector polled and step started); an event
+    that arrives while the CPU is busy waits for it, so a process with more
+    work than CPU serves it late, and measures a load (its busy share over
+    ``CPU_WINDOW``) its policy sees.
+    """
+
+    __slots__ = (
+        "busy_ns",
+        "cost",
+        "cpu_free",
+        "index",
+        "inflight",
+        "kicked",
+        "nodes",
+        "offset",
+        "policy",
+        "rate",
+        "turn_at",
+        "turn_token",
+        "w",
+        "window_at",
+    )
+
+    def __init__(self, w: World, index: int) -> None:
+        self.w = w
+        self.index = index
+        self.rate = w.p.rates[index]
+        self.offset = w.p.offsets[index]
+        self.nodes: list[SimNode] = []
+        self.cost = w.p.exec_cost
+        self.reset(0)
+
+    def reset(self, t: int) -> None:
+        """A new process (start of the run, or after a crash): a fresh executor."""
+        p = self.w.p
+        self.policy: SchedulePolicy[SimNode] = SchedulePolicy(
+            max_inflight=p.max_inflight,
+            lag_limit_ns=LAG_LIMIT,
+            cpu_limit=CPU_LIMIT,
+            campaign_limit=CAMPAIGN_LIMIT,
+            resolution_ns=p.resolution,
+            campaign_of=attrgetter("c"),
+            frequent_of=attrgetter("d.frequent_ns"),
+            rand=self.w.rng.random,
+            renew_first=self.w.renew_first,
+        )
+        self.inflight: dict[SimNode, int] = {}
+        self.kicked: set[SimNode] = set()
+        self.turn_at = 0
+        self.turn_token = 0
+        self.cpu_free = t
+        self.busy_ns = 0
+        self.window_at = self.local(t)
+
+    def local(self, t: int) -> int:
+        return self.offset + ((t * self.rate) >> RATE_BITS)
+
+    def true_at(self, local_ns: int) -> int:
+        return -((-(local_ns - self.offset) << RATE_BITS) // self.rate)
+
+    # -- the wheel (Scheduler._push / _kick / _op_done) ----------------------------------
+
+    def push(self, t: int, node: SimNode, due_local: int) -> None:
+        pol = self.policy
+        pol.push(node, due_local)
+        res = pol.resolution_ns
+        start = max(due_local // res, pol.cursor) * res
+        # The Scheduler wakes at the bucket's start; a step due later in the
+        # bucket is polled there (not due), put in the next bucket and started
+        # at its start.  Waking for it just before that start starts it at the
+        # same instant with one poll, not two.
+        self._turn_by(t, start if due_local <= start else start + res - 1)
+
+    def _turn_by(self, t: int, local_at: int) -> None:
+        if self.turn_token < 0:
+            return  # inside a turn: its end schedules the next one
+        at = max(t, self.true_at(local_at))
+        if self.turn_token and self.turn_at <= at:
+            return
+        self.turn_at = at
+        self.turn_token = tok = self.w.token()
+        self.w.push(at, E_TURN, self.index, tok, None)
+
+    def kick(self, t: int, node: SimNode) -> None:
+        if node in self.inflight:
+            self.kicked.add(node)  # re-queued at once when its step ends
+        else:
+            self.push(t, node, 0)
+
+    def step_done(self, t: int, node: SimNode) -> None:
+        """``node``'s step answered (or timed out): its next one goes on the wheel."""
+        kind = self.inflight.pop(node, -1)
+        if kind >= 0 and self.policy.ended(kind):
+            self._turn_by(t, 0)  # room freed for a queued step
+        if node.stopping or node.state != S_RUNNING:
+            return
+        if node in self.kicked:
+            self.kicked.discard(node)
+            self.push(t, node, 0)
+        else:
+            self.push(t, node, node.c.next_at_ns)
+
+    # -- the CPU --------------------------------------------------------------------------
+
+    def spend(self, t: int, steps: int) -> None:
+        cost = self.cost * steps
+        self.cpu_free = t + cost
+        self.busy_ns += cost
+
+    def _measure(self, now: int) -> None:
+        # Scheduler._measure_cpu: the load over the last window is the policy's input.
+        elapsed = now - self.window_at
+        if elapsed >= CPU_WINDOW:
+            self.policy.busy = self.busy_ns / elapsed
+            if self.policy.busy > CPU_LIMIT:
+                self.w.count("overloaded")
+            self.busy_ns = 0
+            self.window_at = now
+
+    # -- a turn (Scheduler._drive's body) -----------------------------------------------
+
+    def turn(self, t: int) -> None:
+        w = self.w
+        pol = self.policy
+        self.turn_token = -1
+        now = self.offset + ((t * self.rate) >> RATE_BITS)
+        if now - self.window_at >= CPU_WINDOW:
+            self._measure(now)
+        due, lag = pol.take_due(now)
+        steps = len(due)
+        renewals: list[SimNode] = []
+        for node in due:
+            if (
+                node.state != S_RUNNING
+                or node.stopping
+                or node.final_write
+                or node in self.inflight
+            ):
+                continue  # its step's end puts it back
+            action = node.due(t, now)
+            if action is None:
+                continue
+            if action == A_RENEW:
+                renewals.append(node)
+            elif action == A_RELEASE:
+                pol.stats.renewals += 1
+                self._start(t, now, node, action)
+            else:
+                pol.queue(node, action, now)
+        if renewals:
+            start, drop = pol.renew(renewals, now)
+            for node in drop:
+                node.overload_step_down(t, now)
+            for node in start:
+                self._start(t, now, node, A_RENEW)
+            steps += len(start) + len(drop)
+        if pol.ready:
+            starts, shed = pol.start_ready(now, lag, _waiting)
+            for node, action in starts:
+                self._start(t, now, node, action)
+            steps += len(starts)
+            if shed:
+                w.count("shed-turn")
+                for node, action in shed:
+                    w.count("shed-read" if action in (A_READ, A_PEER) else "shed-campaign")
+                    w.count("shed")
+                    if w.rec:
+                        w.note(t, node, f"shed {ACTION_NAMES[action]}")
+        if self.cost:
+            self.spend(t, steps)
+        self.turn_token = 0
+        # Sleep until the next due bucket (at most one wake-up per resolution).
+        nxt = pol.next_due_ns()
+        if pol.has_room():
+            nxt = now  # room freed meanwhile: go round again
+        if nxt >= 0:
+            self._turn_by(max(t, self.cpu_free), max(nxt, now + pol.resolution_ns))
+
+    def _start(self, t: int, now: int, node: SimNode, action: int) -> None:
+        self.inflight[node] = self.policy.began(action)
+        node.begin(t, now, action)
+
+
+class Key:
+    """One election's key in the store: linearizable; a fresh etag per successful write."""
+
+    __slots__ = ("body", "corrupt", "etag", "etags", "stored_at", "stored_campaign")
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.etag = ""
+        self.etags = 0
+        #: It holds a record NF_CORRUPT wrote (counts "corrupt-replaced").
+        self.corrupt = False
+        #: True time the stored record was written.
+        self.stored_at = 0
+        #: (elector's checker position, leaderships it had begun) of the
+        #: campaign write stored, if any.
+        self.stored_campaign: tuple[int, int] | None = None
 
 
 class World:
@@ -870,8 +1230,13 @@ class World:
         #: The faults are over (faults_end passed) / the final stop began.
         self.healed = False
         self.ending = False
-        self.table = LeadershipTable(slots=len(p.node_ids))
-        self.checker = Checker(len(p.node_ids), hooks=p.hooks)
+        procs = len(p.node_ids)
+        self.table = LeadershipTable(slots=procs * p.elections)
+        #: One checker per election (each numbers its electors by process).
+        self.checkers = [Checker(procs, hooks=p.hooks) for _ in range(p.elections)]
+        self.checker = self.checkers[0]
+        #: The process that last began a leadership of each election (-1: none yet).
+        self.last_leader = [-1] * p.elections
         #: Hook durations and failures: a generator of their own, so schedules
         #: without hooks draw exactly what they drew before hooks were simulated.
         self.hook_rng = random.Random(p.seed ^ 0x400C5 ^ 1)
@@ -881,22 +1246,30 @@ class World:
         self.rec = trace or record
         self.trace: deque[tuple[int, int, int, str, int, int, int]] = deque(maxlen=40)
         self.now = 0
-        # The store: one key, linearizable; a fresh etag per successful write.
-        self.body: bytes | None = None
-        self.etag = ""
-        self.etags = 0
-        #: The store holds a record NF_CORRUPT wrote (counts "corrupt-replaced").
-        self.corrupt = False
-        #: True time the stored record was written.
-        self.stored_at = 0
-        #: (node, leaderships it had begun) of the campaign write stored, if any.
-        self.stored_campaign: tuple[int, int] | None = None
+        # The store: one key per election.
+        self.keys = [Key() for _ in range(p.elections)]
         #: Rule 9's hold-back in every node's driver (False: that rule's mutant).
         self.hold_back = True
+        #: The executors' renew-first order (False: that policy's mutant).
+        self.renew_first = True
         #: Builds each node's Campaign (the compiled one, a mutant, or both in lockstep).
         self.make_campaign = campaign_factory(p, self, Campaign)
-        self.nodes = [SimNode(self, i) for i in range(len(p.node_ids))]
+        self.procs = [SimProc(self, i) for i in range(procs)]
+        self.nodes: list[SimNode] = []
+        for e in range(p.elections):
+            for proc in self.procs:
+                node = SimNode(self, proc, e)
+                proc.nodes.append(node)
+                self.nodes.append(node)
         self.fates = list(range(8))
+        if p.elections > 1:
+            self.count("multi-election")
+        if p.max_skew >= 0:
+            self.count("skew-bounded")
+        if any(p.wall_offsets):
+            self.count("wall-apart")
+        if p.peer_mode:
+            self.count("peer-on")
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -995,29 +1368,28 @@ class World:
         if kind == A_PEER:
             self._peer_answer(t, node_idx, token, payload, t_reply)
             return
+        sender = self.nodes[node_idx]
+        k = self.keys[sender.election]
         if kind == A_READ:
-            out: tuple[Any, ...] = (
-                (O_MISSING,) if self.body is None else (O_OK, self.body, self.etag)
-            )
+            out: tuple[Any, ...] = (O_MISSING,) if k.body is None else (O_OK, k.body, k.etag)
         else:
             body, if_match, wall = payload
-            if (self.body is not None) if if_match == "" else (if_match != self.etag):
+            if (k.body is not None) if if_match == "" else (if_match != k.etag):
                 out = (O_PRE,)
             else:
-                self.etags += 1
-                self.body = body
-                self.etag = f"e{self.etags}"
-                self.stored_at = t
-                out = (O_OK, self.etag, wall)
-                self.stored_campaign = (
-                    (node_idx, self.checker.begun[node_idx])
+                k.etags += 1
+                k.body = body
+                k.etag = f"e{k.etags}"
+                k.stored_at = t
+                out = (O_OK, k.etag, wall)
+                k.stored_campaign = (
+                    (sender.pos, sender.chk.begun[sender.pos])
                     if kind in (A_CREATE, A_TAKEOVER)
                     else None
                 )
-                if self.corrupt:
-                    self.corrupt = False
+                if k.corrupt:
+                    k.corrupt = False
                     self.count("corrupt-replaced")
-                sender = self.nodes[node_idx]
                 if fate == F_LATE:
                     self.count("late-write")
                 elif fate == F_LOST_REPLY:
@@ -1025,7 +1397,7 @@ class World:
                 if sender.op_token != token or sender.state == S_CRASHED:
                     self.count("orphan-write")
             if self.print_trace:
-                landed = self.etag if out[0] == O_OK else "412"
+                landed = k.etag if out[0] == O_OK else "412"
                 print(
                     f"{t / 1e6:11.3f} store: {ACTION_NAMES[kind]} from n{node_idx} "
                     f"({_FATE_NAMES[fate]}) -> {landed}"
@@ -1038,8 +1410,9 @@ class World:
         # 200 naming itself only while its lease is live (the same arithmetic).
         (addr, expected), op_to = payload
         target = None
+        election = self.nodes[node_idx].election
         for n in self.nodes:
-            if n.addr == addr:
+            if n.addr == addr and n.election == election:
                 target = n
         if target is None or target.state == S_CRASHED or target.paused or target.partitioned:
             self.push(op_to, E_TIMEOUT, node_idx, token, None)  # no answer
@@ -1053,7 +1426,8 @@ class World:
     # -- faults -----------------------------------------------------------------------
 
     def _fault(self, t: int, kind: int, node_idx: int, arg: int) -> None:
-        n = self.nodes[node_idx] if node_idx >= 0 else None
+        """A node-level fault; ``node_idx`` names a process, and it hits all its electors."""
+        pr = self.procs[node_idx] if node_idx >= 0 else None
         if t > self.p.faults_end and (kind < NF_HEAL_ALL or kind >= NF_CONFIG_MIDWRITE):
             return  # the heal at faults_end already ended every fault
         if kind == NF_HEAL_ALL:
@@ -1069,7 +1443,7 @@ class World:
             if live:
                 self.result.leader_fault = (t, live[0])
                 if kind == NF_CRASH_LEADER:
-                    self.nodes[live[0]].crash(t)
+                    self._crash(t, self.procs[live[0]])
                     self.push(t + arg, E_FAULT, live[0], 0, (NF_RESTART, 0))
                 else:
                     self.nodes[live[0]].request_stop(t)
@@ -1078,45 +1452,72 @@ class World:
         if kind == NF_CORRUPT:
             self._corrupt(t, arg)
             return
-        assert n is not None
+        assert pr is not None
+        nodes = pr.nodes
+        first = nodes[0]
         if kind <= NF_CONFIG:
             self.count(("crash", "pause", "partition", "stop", "config")[kind])
         if kind == NF_CONFIG_MIDWRITE:
-            n.config_on_write = arg
+            first.config_on_write = arg  # at the next write of its first elector
             return
         if kind == NF_CRASH:
-            n.crash(t)
+            self._crash(t, pr)
             self.push(t + arg, E_FAULT, node_idx, 0, (NF_RESTART, 0))
         elif kind == NF_RESTART:
-            n.restart(t)
+            for n in nodes:
+                n.restart(t)
         elif kind == NF_PAUSE:
-            if n.state != S_CRASHED and not n.paused:
+            if first.state != S_CRASHED and not first.paused:
                 if self.rec:
-                    self.note(t, n, f"PAUSE for {arg / 1e6:.0f} ms")
-                n.paused = True
+                    self.note(t, first, f"PAUSE for {arg / 1e6:.0f} ms")
+                for n in nodes:
+                    n.paused = True
                 self.push(t + arg, E_FAULT, node_idx, 0, (NF_RESUME, 0))
         elif kind == NF_RESUME:
-            self._resume(t, n)
+            self._resume(t, pr)
         elif kind == NF_PARTITION:
             if self.rec:
-                self.note(t, n, "partitioned")
-            n.partitioned = True
+                self.note(t, first, "partitioned")
+            for n in nodes:
+                n.partitioned = True
             self.push(t + arg, E_FAULT, node_idx, 0, (NF_HEAL_ONE, 0))
         elif kind == NF_HEAL_ONE:
-            n.partitioned = False
+            for n in nodes:
+                n.partitioned = False
+        elif kind in (NF_STOP, NF_CONFIG, NF_PEER) and first.paused:
+            # Faults of the process's own code wait for it to run again (once: on its first).
+            first.deferred.append((t, self.token(), E_FAULT, node_idx, (kind, arg)))
         elif kind == NF_STOP:
-            if n.paused:
-                n.deferred.append((t, self.token(), E_FAULT, node_idx, (kind, arg)))
-                return
-            n.request_stop(t)
+            for n in nodes:
+                n.request_stop(t)
             self.push(t + arg, E_FAULT, node_idx, 0, (NF_START, 0))
         elif kind == NF_START:
-            n.start(t)
+            for n in nodes:
+                n.start(t)
         elif kind == NF_CONFIG:
-            if n.paused:
-                n.deferred.append((t, self.token(), E_FAULT, node_idx, (kind, arg)))
-                return
-            n.update_config(t, self.p.timings[arg])
+            for n in nodes:
+                n.update_config(t, self.p.timings[arg])
+        elif kind == NF_SLOW:
+            if first.state != S_CRASHED:
+                self.count("slow")
+                if self.rec:
+                    self.note(t, first, f"SLOW executor for {arg / 1e6:.0f} ms")
+                pr.cost = self.p.slow_cost
+                self.push(t + arg, E_FAULT, node_idx, 0, (NF_FAST, 0))
+        elif kind == NF_FAST:
+            pr.cost = self.p.exec_cost
+        elif kind == NF_PEER:
+            # Elector.enable_peer_mode / update_config(peer_mode=...) at run time.
+            self.count("peer-toggle")
+            for n in nodes:
+                n.set_peer_mode(t, not n.peer_mode)
+
+    def _crash(self, t: int, pr: SimProc) -> None:
+        if pr.nodes[0].state == S_CRASHED:
+            return
+        for n in pr.nodes:
+            n.crash(t)
+        pr.reset(t)  # the executor dies with the process
 
     def _corrupt(self, t: int, variant: int) -> None:
         """A hostile (or buggy) client overwrites the record with an invalid one.
@@ -1131,6 +1532,7 @@ class World:
         if len(self.p.timings) > 1 and not self._stored_lease_over(t):
             return
         top = max(self.checker.max_term, stored, 0)
+        k = self.keys[0]  # election 0's key (its checker is self.checker)
         base = {"leaderID": "intruder", "leaderAddr": "", "lastUpdated": "2026-01-01T00:00:00Z"}
         if variant == CORRUPT_NOT_JSON:
             body = b"\x00 not a lock record"
@@ -1144,22 +1546,22 @@ class World:
         kept = record_term(body)
         # A campaign write stored whose writer has not begun that leadership
         # yet (its answer is on the way): won before, known after.
-        won = self.stored_campaign
+        won = k.stored_campaign
         late = stored if won is not None and self.checker.begun[won[0]] == won[1] else -1
-        self.stored_campaign = None
+        k.stored_campaign = None
         if kept is None:
             self.checker.terms_destroyed(max(self.checker.max_term, stored), late)
         else:
             self.checker.invalid_term(kept, late)
             self.count("corrupt-term-kept")
-        self.etags += 1
-        self.body = body
-        self.etag = f"e{self.etags}"
-        self.stored_at = t
-        self.corrupt = True
+        k.etags += 1
+        k.body = body
+        k.etag = f"e{k.etags}"
+        k.stored_at = t
+        k.corrupt = True
         self.count("corrupt")
         if self.print_trace:
-            print(f"{t / 1e6:11.3f} store: CORRUPT ({variant}) -> {self.etag} {body[:60]!r}")
+            print(f"{t / 1e6:11.3f} store: CORRUPT ({variant}) -> {k.etag} {body[:60]!r}")
 
     def _stored_term(self) -> int:
         """The in-bounds term of the stored record (-1 if none).
@@ -1167,7 +1569,8 @@ class World:
         It may belong to a write whose answer has not arrived yet, which the
         checker has not seen: the highest term stored so far.
         """
-        kept = record_term(self.body) if self.body is not None else None
+        body = self.keys[0].body
+        kept = record_term(body) if body is not None else None
         return -1 if kept is None else kept
 
     def _stored_lease_over(self, t: int) -> bool:
@@ -1177,43 +1580,51 @@ class World:
         clock no slower than true time, so it ends within leaseMs of true time
         after the write was stored.
         """
-        if self.body is None:
+        k = self.keys[0]
+        if k.body is None:
             return True
         try:
-            r = parse_record(self.body)
+            r = parse_record(k.body)
         except RecordError:
             return True  # only a takeover (which replaces it) can lead from it
-        return r.released or t >= self.stored_at + r.lease_ms * MS
+        return r.released or t >= k.stored_at + r.lease_ms * MS
 
-    def _resume(self, t: int, n: SimNode, *, healing: bool = False) -> None:
-        if not n.paused:
+    def _resume(self, t: int, pr: SimProc, *, healing: bool = False) -> None:
+        if not pr.nodes[0].paused:
             return
-        n.paused = False
-        if healing:
-            # Faults that waited for the pause to end (stop, config) end with it.
-            n.deferred = [d for d in n.deferred if d[2] != E_FAULT]
-        if self.rec:
-            self.note(t, n, f"resumed with {len(n.deferred)} due")
-        due = n.deferred
-        n.deferred = []
-        # After SIGCONT everything that came due is ready at once; the loops
-        # differ in which they run first, so the order is drawn.
-        self.rng.shuffle(due)
-        for _t, _seq, kind, idx, data in due:
-            if kind == E_REPLY and n.op_to <= t and self.rng.random() < 0.5:
-                kind = E_TIMEOUT  # the timeout callback won the race
-            token = data[0] if kind != E_FAULT else 0
-            payload = data[1] if kind != E_FAULT else data
-            self.push(t, kind, idx, token, payload)
+        for n in pr.nodes:
+            n.paused = False
+            if healing:
+                # Faults that waited for the pause to end (stop, config) end with it.
+                n.deferred = [d for d in n.deferred if d[2] != E_FAULT]
+            if self.rec:
+                self.note(t, n, f"resumed with {len(n.deferred)} due")
+            due = n.deferred
+            n.deferred = []
+            # After SIGCONT everything that came due is ready at once; the loops
+            # differ in which they run first, so the order is drawn.
+            self.rng.shuffle(due)
+            for _t, _seq, kind, idx, data in due:
+                if kind == E_REPLY and n.op_to <= t and self.rng.random() < 0.5:
+                    kind = E_TIMEOUT  # the timeout callback won the race
+                token = data[0] if kind != E_FAULT else 0
+                payload = data[1] if kind != E_FAULT else data
+                self.push(t, kind, idx, token, payload)
+        pr.turn_token = 0
+        pr._turn_by(t, 0)  # the executor's turn that waited
 
     def _heal_all(self, t: int) -> None:
         self.calm = True
         self.healed = True
+        for pr in self.procs:
+            self._resume(t, pr, healing=True)
+            pr.cost = self.p.exec_cost
         for n in self.nodes:
-            self._resume(t, n, healing=True)
             n.partitioned = False
             n.config_on_write = -1
             n.freeze_after_write = False
+            if n.peer_mode != self.p.peer_mode:
+                n.set_peer_mode(t, self.p.peer_mode)
             if n.state == S_CRASHED:
                 n.restart(t)
             elif n.state == S_STOPPED:
@@ -1224,7 +1635,7 @@ class World:
     def run(self) -> Result:
         p = self.p
         for n in self.nodes:
-            n.run(0)
+            n.proc.push(0, n, 0)
         for at, kind, node, arg in p.faults:
             self.push(at, E_FAULT, node, 0, (kind, arg))
         self.push(p.faults_end, E_FAULT, -1, 0, (NF_HEAL_ALL, 0))
@@ -1236,6 +1647,7 @@ class World:
         self.push(p.end, E_FAULT, -1, 0, (NF_END, 0))
         heap = self.heap
         nodes = self.nodes
+        procs = self.procs
         pop = heapq.heappop
         events = 0
         limit = 2_000_000
@@ -1254,13 +1666,29 @@ class World:
                 self._fault(t, data[0], idx, data[1])
                 continue
             if kind == E_CHECK:
-                if not self.checker.live(t):
-                    raise Violation(
-                        "liveness",
-                        t,
-                        f"no node leads {(t - p.faults_end) / 1e6:.1f} ms after the faults "
-                        f"stopped (bound {(p.live_by - p.faults_end) / 1e6:.1f} ms)",
-                    )
+                for e, checker in enumerate(self.checkers):
+                    if not checker.live(t):
+                        raise Violation(
+                            "liveness",
+                            t,
+                            f"no node leads{f' election {e}' if e else ''} "
+                            f"{(t - p.faults_end) / 1e6:.1f} ms after the faults "
+                            f"stopped (bound {(p.live_by - p.faults_end) / 1e6:.1f} ms)",
+                        )
+                continue
+            if kind == E_TURN:
+                pr = procs[idx]
+                if token != pr.turn_token or pr.nodes[0].state == S_CRASHED:
+                    continue
+                if pr.nodes[0].paused:
+                    pr.turn_token = 0  # taken again at the resume
+                    continue
+                if pr.cpu_free > t:
+                    # The CPU is busy: the turn waits for it (so due work runs late).
+                    pr.turn_at = pr.cpu_free
+                    self.push(pr.cpu_free, E_TURN, idx, token, None)
+                    continue
+                pr.turn(t)
                 continue
             n = nodes[idx]
             if n.state == S_CRASHED:
@@ -1268,10 +1696,13 @@ class World:
             if n.paused:
                 n.deferred.append((t, seq, kind, idx, (token, data)))
                 continue
-            if kind == E_WAKE:
-                if token == n.wake_token and n.sleeping:
-                    n.on_wake(t)
-            elif kind in (E_REPLY, E_TIMEOUT):
+            pr = n.proc
+            if pr.cpu_free > t:
+                self.push(pr.cpu_free, kind, idx, token, data)  # waits for the CPU
+                continue
+            if pr.cost:
+                pr.spend(t, 1)
+            if kind in (E_REPLY, E_TIMEOUT):
                 if token != n.op_token:
                     continue
                 if kind == E_REPLY and n.partitioned:
@@ -1286,17 +1717,19 @@ class World:
                 n.on_work(t, token)
             elif kind == E_HOOK and token == n.hook_token:
                 n.on_hook_end(t, data)
-        self.checker.finished(self.now)
+        for checker in self.checkers:
+            checker.finished(self.now)
         for n in nodes:
             if n.state == S_RUNNING:
                 raise Violation("lifecycle", self.now, f"n{n.index} did not stop at the end")
         r = self.result
-        if self.checker.terms_reset:
+        reset = sum(c.terms_reset for c in self.checkers)
+        if reset:
             # rule 5's documented limit, reached: shown in a run's counts, not required.
-            r.stats["term-reused"] = r.stats.get("term-reused", 0) + self.checker.terms_reset
+            r.stats["term-reused"] = r.stats.get("term-reused", 0) + reset
         r.events = events
-        r.acquisitions = self.checker.acquisitions
-        r.work_steps = self.checker.work_steps
+        r.acquisitions = sum(c.acquisitions for c in self.checkers)
+        r.work_steps = sum(c.work_steps for c in self.checkers)
         return r
 
     def close(self) -> None:
