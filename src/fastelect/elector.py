@@ -51,7 +51,6 @@ from .status import LeadershipLost, LeadershipStatus, describe, mono_to_wall
 from .storage.base import MinimalStorage, Storage, as_storage
 
 if TYPE_CHECKING:
-
     from ._hook_threads import HookThreads
     from ._logfold import LogFold
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .world import (
+from .model import (
     MS,
     NF_CRASH_LEADER,
     NF_STOP_LEADER,
@@ -42,8 +42,8 @@ from .world import (
     Timing,
     draw_timing,
     liveness_bound,
-    run_schedule,
 )
+from .world import run_schedule
 
 __all__ = ["DEFAULT_TIMING", "MODES", "Failover", "bounds", "failover_params", "measure"]
 
