@@ -79,13 +79,36 @@ GATE_FRACTION = 0.7
 REFERENCE_FILE = Path(__file__).with_name("reference.json")
 
 
+def cpu_model() -> str:
+    """This machine's CPU model name ("unknown cpu" where /proc/cpuinfo does not say)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown cpu"
+
+
 def _load_reference() -> dict[str, Any]:
+    """The reference ratios for this CPU model, else those of the machine of record.
+
+    A ratio to a same-run baseline travels between machines of one kind, but
+    not always between CPU families: ``is_leader()``'s ratio to a Python call
+    is half again higher on an Intel Xeon than on an AMD EPYC, past what the
+    2x slowdown check can tell apart. So ``by_cpu`` keeps references per CPU
+    model (``scripts/bench-reference`` writes this machine's).
+    """
     if os.environ.get("FASTELECT_BENCH_NO_REFERENCE"):  # scripts/bench-reference measuring
         return {"machine": None, "ratios": {}}
     try:
         data: dict[str, Any] = json.loads(REFERENCE_FILE.read_text())
     except FileNotFoundError:
         return {"machine": None, "ratios": {}}
+    own = data.get("by_cpu", {}).get(cpu_model())
+    if own:
+        data = {**data, "machine": own["machine"], "ratios": {**data["ratios"], **own["ratios"]}}
     return data
 
 

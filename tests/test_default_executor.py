@@ -62,3 +62,32 @@ def test_electors_without_a_table_share_pooled_tables() -> None:
     tables = {id(e._table) for e in electors}
     assert len(tables) <= 2, f"{len(tables)} tables for 300 electors ({POOL_SLOTS} slots each)"
     assert len({(id(e._table), e.slot.election) for e in electors}) == 300  # one slot each
+
+
+@pytest.mark.asyncio
+async def test_an_executor_that_fails_ends_its_electors_loudly() -> None:
+    """A bug in the scheduler itself must not leave its electors answering
+    "leader" undriven until their leases run out (issue 19: never silently)."""
+    scheduler = Scheduler()
+    storage = MemoryStorage()
+    electors = [
+        Elector(
+            fast_config(f"f{i}", f"f{i}.json", leader_timeout=5.0), storage, scheduler=scheduler
+        )
+        for i in range(2)
+    ]
+    for e in electors:
+        await e.start()
+    await wait_until(lambda: all(e.is_leader() for e in electors), 5, "all lead")
+
+    def broken(now: int) -> None:
+        raise RuntimeError("boom in the policy")
+
+    scheduler._policy.take_due = broken  # type: ignore[method-assign,assignment]
+    scheduler._kick(electors[0])  # wake it now
+    await wait_until(lambda: not any(e.running for e in electors), 5, "the electors ran on")
+    assert not any(e.is_leader() for e in electors), "stepped down at once, not at the deadline"
+    assert all("boom in the policy" in e.status().failure for e in electors)
+    for e in electors:
+        with pytest.raises(RuntimeError, match="boom in the policy"):
+            await e.stop()

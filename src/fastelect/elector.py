@@ -61,15 +61,15 @@ class Elector(StorageSteps, HookRunner, LeaderWork, _core.LeaseHolder):
     """Campaigns for one lock record and answers ``is_leader()`` in nanoseconds.
 
     ``table``/``election`` choose where the leadership is published: by
-    default a private table of one slot; pass a named
+    default a slot of a pooled private table; pass a named
     :class:`~fastelect.LeadershipTable` to share it with other processes.
     The elector does not own ``storage``; close it yourself after ``stop()``.
 
-    ``scheduler`` (a :class:`~fastelect.scheduler.Scheduler`) runs this
-    elector from the scheduler's one task and timer wheel instead of a task, timers
-    and events of its own, with renewals first under overload: the way to run
-    thousands of elections in one process.  Without ``table=`` its slot then
-    comes from the scheduler's pooled private tables.
+    It runs on an executor (docs/architecture.md): ``scheduler`` (a
+    :class:`~fastelect.scheduler.Scheduler`), else its event loop's default
+    scheduler, whose one task and timer wheel drive every elector on it,
+    renewals first under overload.  The election step itself is its
+    :class:`~fastelect.driver.Driver`.
     """
 
     # Fixed attributes, no instance dict: ``elector.is_leader()`` is then found on

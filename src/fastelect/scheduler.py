@@ -353,6 +353,18 @@ class Scheduler:
     async def _drive(self) -> None:
         try:
             await self._drive_turns()
+        except Exception as exc:
+            # A bug in the executor itself: its electors renew nothing from now
+            # on, so each steps down at once and fails loudly (stop() raises it).
+            self._log.error(
+                "fastelect scheduler failed: %s; its %d electors stopped campaigning",
+                exc,
+                len(self._active),
+                exc_info=exc,
+            )
+            for elector in list(self._active):
+                self._failed(elector, exc)
+            raise
         finally:
             # Idle (or its loop shut down): hold no reference to the loop, so a
             # loop's default scheduler goes with its loop (default_scheduler).
