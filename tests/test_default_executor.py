@@ -15,6 +15,7 @@ import pytest
 from elector_helpers import fast_config, wait_until
 from fastelect import Elector, MemoryStorage
 from fastelect import scheduler as scheduler_module
+from fastelect._schedule_policy import SchedulePolicy
 from fastelect._slot_pool import POOL_SLOTS
 from fastelect.scheduler import Scheduler, default_scheduler
 
@@ -65,7 +66,9 @@ def test_electors_without_a_table_share_pooled_tables() -> None:
 
 
 @pytest.mark.asyncio
-async def test_an_executor_that_fails_ends_its_electors_loudly() -> None:
+async def test_an_executor_that_fails_ends_its_electors_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A bug in the scheduler itself must not leave its electors answering
     "leader" undriven until their leases run out (issue 19: never silently)."""
     scheduler = Scheduler()
@@ -80,10 +83,10 @@ async def test_an_executor_that_fails_ends_its_electors_loudly() -> None:
         await e.start()
     await wait_until(lambda: all(e.is_leader() for e in electors), 5, "all lead")
 
-    def broken(now: int) -> None:
+    def broken(self: SchedulePolicy[Elector], now: int) -> None:
         raise RuntimeError("boom in the policy")
 
-    scheduler._policy.take_due = broken  # type: ignore[method-assign,assignment]
+    monkeypatch.setattr(SchedulePolicy, "take_due", broken)
     scheduler._kick(electors[0])  # wake it now
     await wait_until(lambda: not any(e.running for e in electors), 5, "the electors ran on")
     assert not any(e.is_leader() for e in electors), "stepped down at once, not at the deadline"

@@ -364,7 +364,8 @@ class Scheduler:
             )
             for elector in list(self._active):
                 self._failed(elector, exc)
-            raise
+            # Said once, above, and raised by each elector's stop(): the task
+            # itself ends quietly rather than as an unretrieved exception.
         finally:
             # Idle (or its loop shut down): hold no reference to the loop, so a
             # loop's default scheduler goes with its loop (default_scheduler).
