@@ -54,8 +54,7 @@ class HookRunner:
         _hook_threads: HookThreads | None
         election: str
 
-        def _forked(self) -> bool:
-            raise NotImplementedError
+        _forked: Callable[[], bool]
 
         def _kick(self) -> None: ...
 

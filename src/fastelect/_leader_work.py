@@ -42,14 +42,10 @@ class LeaderWork:
         _scoped: set[asyncio.Task[Any]] | None
         _leading: asyncio.Event | None
 
-        def _kick(self) -> None: ...
-        def is_leader(self) -> bool:
-            raise NotImplementedError
-
-        async def wait_for_leadership(self) -> None: ...
-        @property
-        def term(self) -> int:
-            raise NotImplementedError
+        # The Elector's own methods and property, as this mixin sees them.
+        _kick: Callable[[], None]
+        is_leader: Callable[[], bool]
+        wait_for_leadership: Callable[[], Awaitable[None]]
 
     @contextlib.asynccontextmanager
     async def leadership(self) -> AsyncIterator[int]:
@@ -71,7 +67,7 @@ class LeaderWork:
         try:
             if generation != self._driver.generation or not self.is_leader():
                 raise LeadershipLost("leadership ended before the block started")
-            yield self.term
+            yield int(self._campaign.term)  # leading: our term (Elector.term)
         except asyncio.CancelledError:
             if getattr(task, "_fastelect_lost", False):
                 task._fastelect_lost = False  # type: ignore[attr-defined]
